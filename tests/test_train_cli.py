@@ -1,0 +1,135 @@
+"""End-to-end `zotune train | eval | plot` on tiny random models (a few steps each)."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import zotune.train as train_mod
+from zotune.cli import main
+
+TINY = ["--model", "tiny-llama", "--batch-size", "4", "--eval-examples", "16", "--test-examples", "24",
+        "--max-length", "48", "--no-progress"]
+
+
+def _train(out, *extra):
+    return main(["train", *TINY, "--out", str(out), *extra])
+
+
+def _results(out):
+    return json.loads((out / "results.json").read_text())
+
+
+@pytest.mark.parametrize("optimizer, lr", [("mezo", "1e-3"), ("adamw", "1e-3")])
+def test_train_writes_run_folder(tmp_path, optimizer, lr, capsys):
+    out = tmp_path / optimizer
+    assert _train(out, "--optimizer", optimizer, "--lr", lr, "--steps", "4", "--eval-every", "2") == 0
+    assert {"config.yaml", "metrics.jsonl", "results.json", "model.safetensors"} <= {p.name for p in out.iterdir()}
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [1, 2, 3, 4]
+    assert all({"loss", "lr", "elapsed"} <= r.keys() for r in recs)
+    assert [r["step"] for r in recs if "dev_accuracy" in r] == [2, 4]
+    res = _results(out)
+    assert res["steps"] == 4 and res["stopped"] is None
+    assert res["train_forward_passes"] == (8 if optimizer == "mezo" else 4)
+    assert 0 <= res["zero_shot_test_accuracy"] <= 1 and 0 <= res["test_accuracy"] <= 1
+    assert res["peak_memory_mb"] > 0 and res["test_examples"] == 24
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["optimizer"] == optimizer and cfg["steps"] == 4
+    # tiny-llama ties its embedding and LM head: the shared tensor is saved once
+    saved = load_file(str(out / "model.safetensors"))
+    assert "model.embed_tokens.weight" in saved and "lm_head.weight" not in saved
+    assert "fine-tuned test accuracy" in capsys.readouterr().out
+
+
+def test_config_file_flags_override_and_trainable(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("optimizer: mezo\nlr: 1e-3\nsteps: 10\nseed: 5\ntrainable: 'layers\\.1\\.'\n")
+    out = tmp_path / "run"
+    assert _train(out, "--config", str(f), "--steps", "2", "--eval-every", "0", "--no-save-weights") == 0
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert (cfg["steps"], cfg["seed"], cfg["lr"]) == (2, 5, 1e-3)
+    assert not (out / "model.safetensors").exists()
+    n = _results(out)["trainable_parameters"]
+    assert 0 < n < 100_000  # only layer 1, not the 65k-parameter embedding
+
+
+def test_refuses_to_overwrite_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(out, "--steps", "1", "--eval-every", "0") == 0
+    before = (out / "results.json").read_text()
+    capsys.readouterr()
+    assert _train(out, "--steps", "1") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("zotune: error:") and "--overwrite" in err and "Traceback" not in err
+    assert (out / "results.json").read_text() == before
+    assert _train(out, "--steps", "2", "--eval-every", "0", "--overwrite") == 0
+    assert _results(out)["steps"] == 2
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2  # old log replaced, not appended to
+
+
+def test_user_errors_exit_2_without_traceback(tmp_path, capsys):
+    assert main(["train", "--steps", "0", "--out", str(tmp_path / "x")]) == 2
+    assert main(["train", "--optimizer", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert main(["train", "--no-such-flag"]) == 2
+    assert main(["eval", "--run", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("zotune: error:") == 5 and "Traceback" not in err
+    assert not (tmp_path / "x").exists()  # validation happens before anything is written
+
+
+def test_eval_run_reproduces_test_accuracy(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(out, "--optimizer", "adamw", "--lr", "1e-2", "--steps", "5", "--eval-every", "0") == 0
+    res = _results(out)
+    capsys.readouterr()
+    assert main(["eval", "--run", str(out), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["n"] == res["test_examples"]
+    assert got["accuracy"] == pytest.approx(res["test_accuracy"])
+    assert main(["eval", "--model", "tiny-llama", "--examples", "24", "--json"]) == 0  # zero-shot
+    zs = json.loads(capsys.readouterr().out)
+    assert zs["accuracy"] == pytest.approx(res["zero_shot_test_accuracy"])
+
+
+def test_plot_writes_png(tmp_path):
+    runs = []
+    for name, opt in (("a", "mezo"), ("b", "sgd")):
+        runs.append(tmp_path / name)
+        assert _train(runs[-1], "--optimizer", opt, "--lr", "1e-3", "--steps", "3", "--eval-every", "1",
+                      "--eval-examples", "4") == 0
+    png = tmp_path / "curves.png"
+    assert main(["plot", *map(str, runs), "--out", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["plot", str(tmp_path / "missing"), "--out", str(png)]) == 2
+
+
+@pytest.mark.parametrize("optimizer, calls_per_step", [("mezo", 2), ("adamw", 1)])
+def test_nonfinite_loss_stops_and_keeps_last_good_weights(tmp_path, monkeypatch, capsys, optimizer, calls_per_step):
+    fail_step = 3
+    common = ("--optimizer", optimizer, "--lr", "1e-2", "--eval-every", "0", "--trainable", "layers")
+    ref = tmp_path / "ref"  # the same run, stopped cleanly just before the failing step
+    assert _train(ref, *common, "--steps", str(fail_step - 1)) == 0
+
+    real_loss, calls = train_mod.loss_fn, [0]
+
+    def loss_fn(model, batch):
+        calls[0] += 1
+        loss = real_loss(model, batch)
+        return loss * float("nan") if calls[0] > calls_per_step * (fail_step - 1) else loss
+
+    monkeypatch.setattr(train_mod, "loss_fn", loss_fn)
+    out = tmp_path / "nan"
+    capsys.readouterr()
+    assert _train(out, *common, "--steps", "6") == 1
+    assert f"non-finite loss at step {fail_step}" in capsys.readouterr().err
+    res = _results(out)
+    assert res["stopped"] == f"non-finite loss at step {fail_step}"
+    assert res["steps"] == fail_step - 1 and res["test_accuracy"] is None
+    got, want = load_file(str(out / "model.safetensors")), load_file(str(ref / "model.safetensors"))
+    assert got.keys() == want.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-6)

@@ -1,0 +1,249 @@
+"""Command-line interface: ``zotune train | eval | plot | demo``.
+
+Every TrainConfig field is a flag of ``train`` (and ``demo``); flags override ``--config FILE``,
+which overrides the defaults. User errors (bad flags or values, missing files) print one line,
+``zotune: error: ...``, and exit with code 2; a run stopped by a non-finite loss exits with 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from zotune.config import FIELDS, TrainConfig, _base_type, load_config, merge
+
+EXIT_USAGE = 2
+EXIT_NONFINITE = 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors raise so that main() reports every error the same way."""
+
+    def error(self, message):
+        raise ValueError(f"{self.prog}: {message}")
+
+
+def _kv(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    k, v = text.split("=", 1)
+    return k.strip(), yaml.safe_load(v)
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, all defaulting to None (= not given, keep file/default)."""
+    p.add_argument("--config", metavar="FILE", help="YAML or TOML config file; flags override its values")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty run folder")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    defaults = TrainConfig()
+    for name, f in FIELDS.items():
+        flag = "--" + name.replace("_", "-")
+        typ, optional = _base_type(name)
+        doc = (f.metadata or {}).get("help", "")
+        help_ = f"{doc} (default: {getattr(defaults, name)!r})".strip()
+        if typ is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        elif typ is dict:
+            p.add_argument("--opt", dest=name, metavar="KEY=VALUE", type=_kv, action="append", default=None,
+                           help="extra optimizer argument, repeatable (e.g. --opt momentum=0.9)")
+        else:
+            # Values stay strings/numbers here; config.merge converts and checks them, so
+            # 'none' works for optional fields and error messages are the same as for files.
+            p.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=help_)
+
+
+def _config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
+    cfg = load_config(args.config) if args.config else (base or TrainConfig())
+    overrides = {name: getattr(args, name, None) for name in FIELDS}
+    if overrides.get("optimizer_kwargs") is not None:
+        overrides["optimizer_kwargs"] = {**cfg.optimizer_kwargs, **dict(overrides["optimizer_kwargs"])}
+    return merge(cfg, overrides, where="command-line flags")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="zotune", description="Forward-only (zeroth-order) fine-tuning of language models.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("train", help="fine-tune a model on a task", description="Fine-tune a model on a task.")
+    _add_config_flags(p)
+
+    p = sub.add_parser("demo", help="the README demo: SmolLM2 on SST-2 with MeZO into runs/demo",
+                       description="Train the default config into runs/demo (overwriting it) and print a summary. "
+                                   "Any train flag may be given to change the demo.")
+    _add_config_flags(p)
+
+    p = sub.add_parser("eval", help="accuracy of a model zero-shot, or of a saved run",
+                       description="Evaluate a model zero-shot, or the weights of a saved run (--run).")
+    p.add_argument("--run", help="run folder with config.yaml and model.safetensors")
+    p.add_argument("--model", help="model spec (default: the run's, else smollm2)")
+    p.add_argument("--task", help="task name (default: the run's, else sst2)")
+    p.add_argument("--split", default="test", help="split to evaluate: train, dev or test (default: test)")
+    p.add_argument("--examples", type=int, help="number of examples (default: the run's test/eval count)")
+    p.add_argument("--data-dir")
+    p.add_argument("--dtype")
+    p.add_argument("--autocast", help="bf16 or none (default: the run's, else bf16)")
+    p.add_argument("--device")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    p = sub.add_parser("plot", help="loss and dev-accuracy curves of runs",
+                       description="Plot smoothed training loss and dev accuracy of one or more runs.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (or their metrics.jsonl files)")
+    p.add_argument("--out", default="curves.png", help="image file to write (default: curves.png)")
+    p.add_argument("--smooth", type=float, default=0.9, help="EMA factor for the loss curve, 0..1 (default 0.9)")
+    return parser
+
+
+# --------------------------------------------------------------------------- commands
+
+def _summary_table(results: dict, out: str) -> str:
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.1f}%"
+
+    rows = [
+        ("run", out),
+        ("model / task / optimizer", f"{results['model']} / {results['task']} / {results['optimizer']}"),
+        (f"zero-shot test accuracy (n={results['test_examples']})", pct(results["zero_shot_test_accuracy"])),
+        (f"fine-tuned test accuracy (n={results['test_examples']})", pct(results["test_accuracy"])),
+        ("best dev accuracy", pct(results["best_dev_accuracy"])),
+        ("steps", str(results["steps"])),
+        ("wall time", f"{results['wall_time_s'] / 60:.1f} min ({results['train_time_s']:.0f} s training)"),
+        ("peak memory", f"{results['peak_memory_mb'] / 1024:.2f} GiB ({results['peak_memory_kind']})"),
+    ]
+    if results.get("stopped"):
+        rows.append(("stopped", results["stopped"]))
+    w = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
+
+
+def _cmd_train(args, demo: bool = False) -> int:
+    from zotune.train import train
+
+    base = TrainConfig(out=os.path.join("runs", "demo")) if demo else None
+    cfg = _config_from_args(args, base)
+    if demo and cfg.out is None:
+        cfg.out = os.path.join("runs", "demo")
+    results = train(cfg, overwrite=args.overwrite or demo, progress=not args.no_progress)
+    print(_summary_table(results, cfg.out))
+    if results.get("stopped"):
+        print(f"zotune: error: {results['stopped']}; the weights before that step are saved in {cfg.out}. "
+              "Try a smaller --lr (or --eps).", file=sys.stderr)
+        return EXIT_NONFINITE
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from zotune.train import evaluate_run
+
+    autocast = "config" if args.autocast is None else (None if args.autocast.lower() == "none" else args.autocast)
+    if args.run is None and autocast == "config":
+        autocast = TrainConfig().autocast
+    res = evaluate_run(run=args.run, model=args.model, task=args.task, split=args.split, examples=args.examples,
+                       data_dir=args.data_dir, dtype=args.dtype, autocast=autocast, device=args.device,
+                       batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        what = f"run {res['run']}" if res["run"] else f"{res['model']} (zero-shot)"
+        print(f"{what} on {res['task']} {res['split']}: accuracy {100 * res['accuracy']:.2f}% (n={res['n']})")
+    return 0
+
+
+def read_metrics(run: str | Path) -> tuple[str, list[dict]]:
+    """(run name, records) from a run folder or a metrics.jsonl path."""
+    path = Path(run)
+    f = path if path.is_file() else path / "metrics.jsonl"
+    if not f.is_file():
+        raise FileNotFoundError(f"no metrics.jsonl in {path}; is it a zotune run folder?")
+    name = (f.parent if path.is_file() else path).resolve().name
+    records = []
+    for i, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise ValueError(f"{f}:{i} is not valid JSON") from None
+    return name, records
+
+
+def _ema(values: list[float], beta: float) -> list[float]:
+    """Bias-corrected exponential moving average (TensorBoard-style smoothing)."""
+    out, m = [], 0.0
+    for i, v in enumerate(values, 1):
+        m = beta * m + (1 - beta) * v
+        out.append(m / (1 - beta**i) if beta > 0 else v)
+    return out
+
+
+def _cmd_plot(args) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not 0 <= args.smooth < 1:
+        raise ValueError(f"--smooth must be in [0, 1), got {args.smooth}")
+    out = Path(args.out)
+    fmt = out.suffix.lstrip(".").lower() or "png"
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    for run in args.runs:
+        name, recs = read_metrics(run)
+        loss = [(r["step"], r["loss"]) for r in recs if isinstance(r.get("loss"), (int, float))]
+        acc = [(r["step"], r["dev_accuracy"]) for r in recs if r.get("dev_accuracy") is not None]
+        if loss:
+            steps, vals = zip(*loss)
+            (line,) = ax_loss.plot(steps, _ema(list(vals), args.smooth), label=name)
+            ax_loss.plot(steps, vals, color=line.get_color(), alpha=0.15, linewidth=0.8)
+        if acc:
+            steps, vals = zip(*acc)
+            ax_acc.plot(steps, vals, marker="o", markersize=3, label=name)
+    ax_loss.set(title=f"training loss (EMA {args.smooth:g})", xlabel="step", ylabel="loss")
+    ax_acc.set(title="dev accuracy", xlabel="step", ylabel="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from zotune.train import _atomic_write
+
+    _atomic_write(out, lambda tmp: fig.savefig(tmp, format=fmt, dpi=120))
+    plt.close(fig)
+    print(f"wrote {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (the console script passes it to sys.exit)."""
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "train":
+            return _cmd_train(args)
+        if args.command == "demo":
+            return _cmd_train(args, demo=True)
+        if args.command == "eval":
+            return _cmd_eval(args)
+        if args.command == "plot":
+            return _cmd_plot(args)
+    except SystemExit as e:  # --help / --version
+        return int(e.code or 0)
+    except FloatingPointError as e:  # NonFiniteLossError is a subclass
+        print(f"zotune: error: {e}", file=sys.stderr)
+        return EXIT_NONFINITE
+    except (ValueError, FileNotFoundError) as e:
+        msg = str(e.args[0]) if isinstance(e, FileNotFoundError) and e.args and not e.filename else str(e)
+        print(f"zotune: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("zotune: interrupted", file=sys.stderr)
+        return 130
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""Run configuration: one dataclass shared by the library, config files and the CLI.
+
+A run is fully described by a :class:`TrainConfig`, which is saved as ``config.yaml`` next to the
+run's results so that ``zotune eval --run`` (and a human) can rebuild exactly what was trained.
+Values come from, in increasing priority: the defaults below, a YAML/TOML file, command-line flags.
+Every value is checked here, before any model is loaded, so a typo fails in milliseconds with a
+message that says what to change, instead of after minutes of loading.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DTYPES = ("fp32", "bf16", "fp16")
+AUTOCASTS = ("bf16",)  # or None: no autocast
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a fine-tuning run.
+
+    The defaults are the README demo: SmolLM2-135M on the packaged SST-2 sample with MeZO,
+    sized to finish in well under 20 minutes on 2 CPU cores.
+    """
+
+    model: str = "smollm2"
+    """'smollm2', a .gguf file, a Hugging Face folder, or 'tiny-llama' / 'tiny-opt' (tests)."""
+    task: str = "sst2"
+    data_dir: str | None = None
+    """Folder with the task's data files; None uses the data packaged with zotune."""
+    optimizer: str = "mezo"
+    lr: float = 1e-5
+    eps: float = 1e-3
+    """Perturbation scale of zeroth-order optimizers (ignored by first-order ones)."""
+    weight_decay: float = 0.0
+    steps: int = 300
+    batch_size: int = 16
+    eval_every: int = 100
+    """Evaluate on dev every this many steps (0: only at the end)."""
+    eval_examples: int | None = 500
+    """Dev examples used at each evaluation (None: all)."""
+    test_examples: int | None = 1000
+    """Test examples for the zero-shot and fine-tuned accuracy (None: all)."""
+    max_length: int = 128
+    seed: int = 0
+    dtype: str = "fp32"
+    """Weight dtype. Keep fp32 for ZO: bf16 weights swallow eps-sized perturbations."""
+    autocast: str | None = "bf16"
+    """Compute dtype of the forward pass ('bf16' or None)."""
+    device: str = "auto"
+    out: str | None = None
+    """Run folder; None picks runs/<task>-<optimizer>-s<seed>."""
+    trainable: str | None = None
+    """Regex on parameter names (re.search); only matching parameters are trained. None: all."""
+    log_every: int = 1
+    save_weights: bool = True
+    optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments for the optimizer (e.g. momentum, betas)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
+def _base_type(name: str) -> tuple[type, bool]:
+    """(the non-None type of a field, whether None is allowed)."""
+    hint = _HINTS[name]
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        non_none = [a for a in args if a is not type(None)]
+        return typing.get_origin(non_none[0]) or non_none[0], True
+    return typing.get_origin(hint) or hint, False
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Convert a value from a file or flag to the field's type, or raise a ValueError naming it.
+
+    YAML 1.1 reads '1e-5' as a string, so numeric strings are accepted for float fields; the
+    string 'none'/'null' means None for optional fields (handy on the command line).
+    """
+    typ, optional = _base_type(name)
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
+        if optional:
+            return None
+        raise ValueError(f"config field '{name}' must not be empty (expected {typ.__name__})")
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif typ is str:
+        if isinstance(value, (str, Path)):
+            return str(value)
+    elif typ is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    else:  # pragma: no cover - a new field type without a rule here
+        return value
+    raise ValueError(
+        f"config field '{name}' must be {typ.__name__}{' or null' if optional else ''}, "
+        f"got {type(value).__name__} {value!r}"
+    )
+
+
+def _unknown_keys_error(unknown: list[str], where: str) -> ValueError:
+    valid = ", ".join(FIELDS)
+    return ValueError(f"unknown config key(s) {', '.join(map(repr, unknown))} in {where}; valid keys: {valid}")
+
+
+def from_dict(values: dict[str, Any], where: str = "config") -> TrainConfig:
+    """Build a validated TrainConfig from a plain mapping (e.g. a parsed file)."""
+    return merge(TrainConfig(), values, where=where, skip_none=False)
+
+
+def merge(config: TrainConfig, overrides: dict[str, Any] | None, where: str = "overrides",
+          skip_none: bool = True) -> TrainConfig:
+    """Return a copy of ``config`` with ``overrides`` applied, then validated.
+
+    By default keys whose value is None are treated as "not given" (argparse leaves unset flags at
+    None), so command-line flags only override the values they actually name; to set an optional
+    field to None from the command line, pass the string 'none'. Files use ``skip_none=False``:
+    there ``null`` means None.
+    """
+    overrides = {k.replace("-", "_"): v for k, v in (overrides or {}).items()
+                 if v is not None or not skip_none}
+    unknown = sorted(set(overrides) - set(FIELDS))
+    if unknown:
+        raise _unknown_keys_error(unknown, where)
+    coerced = {k: _coerce(k, v) for k, v in overrides.items()}
+    new = dataclasses.replace(config, **coerced)
+    validate(new)
+    return new
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a TrainConfig from a .yaml/.yml or .toml file (unknown keys and bad types are errors)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    suffix = path.suffix.lower()
+    text = path.read_text(encoding="utf-8")
+    try:
+        if suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text)
+        elif suffix == ".toml":
+            data = tomllib.loads(text)
+        else:
+            raise ValueError(f"config file {path} must end in .yaml, .yml or .toml (got '{suffix or 'no suffix'}')")
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
+        raise ValueError(f"cannot parse config file {path}: {e}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must contain a mapping of keys to values, got {type(data).__name__}")
+    return from_dict(data, where=str(path))
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    """Write the config as YAML that :func:`load_config` reads back to an equal config."""
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+def known_optimizers() -> list[str] | None:
+    """Names accepted by zotune.optim.build_optimizer, or None when the module is unavailable."""
+    try:
+        from zotune.optim import OPTIMIZERS
+    except ImportError:
+        return None
+    return sorted(OPTIMIZERS)
+
+
+def _check_task(name: str) -> None:
+    try:
+        from zotune.tasks import get_task
+    except ImportError:
+        return
+    try:
+        get_task(name)
+    except (KeyError, ValueError) as e:
+        msg = e.args[0] if e.args else str(e)
+        raise ValueError(f"unknown task '{name}': {msg}") from None
+
+
+def validate(config: TrainConfig) -> None:
+    """Raise ValueError for a config that cannot run, saying what is wrong and how to fix it."""
+    c = config
+    problems = []
+    if c.steps < 1:
+        problems.append(f"steps must be >= 1 (got {c.steps}); set --steps to the number of optimizer steps")
+    if c.batch_size < 1:
+        problems.append(f"batch_size must be >= 1 (got {c.batch_size}); use e.g. --batch-size 16")
+    if c.lr < 0:
+        problems.append(f"lr must be >= 0 (got {c.lr}); a learning rate is a positive step size, e.g. --lr 1e-6")
+    if c.eps <= 0:
+        problems.append(f"eps must be > 0 (got {c.eps}); it is the perturbation scale, e.g. --eps 1e-3")
+    if c.weight_decay < 0:
+        problems.append(f"weight_decay must be >= 0 (got {c.weight_decay})")
+    if c.eval_every < 0:
+        problems.append(f"eval_every must be >= 0 (got {c.eval_every}); 0 evaluates only at the end")
+    if c.log_every < 1:
+        problems.append(f"log_every must be >= 1 (got {c.log_every})")
+    if c.max_length < 8:
+        problems.append(f"max_length must be >= 8 tokens (got {c.max_length})")
+    for name in ("eval_examples", "test_examples"):
+        v = getattr(c, name)
+        if v is not None and v < 1:
+            problems.append(f"{name} must be >= 1 or none (got {v}); 'none' uses the whole split")
+    if c.dtype not in DTYPES:
+        problems.append(f"dtype must be one of {', '.join(DTYPES)} (got '{c.dtype}')")
+    if c.autocast is not None and c.autocast not in AUTOCASTS:
+        problems.append(f"autocast must be 'bf16' or none (got '{c.autocast}')")
+    if not DEVICE_RE.match(c.device):
+        problems.append(f"device must be auto, cpu, cuda, cuda:N or mps (got '{c.device}')")
+    if c.trainable is not None:
+        try:
+            re.compile(c.trainable)
+        except re.error as e:
+            problems.append(f"trainable is not a valid regular expression ({e}): {c.trainable!r}")
+    names = known_optimizers()
+    if names is not None and c.optimizer not in names:
+        problems.append(f"unknown optimizer '{c.optimizer}'; choose one of: {', '.join(names)}")
+    if problems:
+        raise ValueError("invalid config: " + "; ".join(problems))
+    _check_task(c.task)

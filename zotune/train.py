@@ -1,0 +1,440 @@
+"""The training harness: one loop for zeroth-order and first-order optimizers.
+
+``train(config)`` loads the model and task, measures zero-shot test accuracy, runs ``config.steps``
+optimizer steps on seeded mini-batches, evaluates on dev along the way, measures fine-tuned test
+accuracy, and leaves a self-describing run folder:
+
+- ``config.yaml``       the exact config (written first, so a crashed run still says what it was)
+- ``metrics.jsonl``     one JSON object per logged step: step, loss, lr, elapsed [, dev_accuracy]
+- ``tb/``               TensorBoard events, when tensorboard is installed
+- ``model.safetensors`` the trainable parameters after the last good step
+- ``results.json``      the summary (accuracies, steps, wall time, peak memory, forward passes)
+
+ZO and first-order (FO) optimizers share the loop; only the closure differs. Both run the model
+in eval mode (dropout off), so the two kinds optimise the same deterministic objective.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zotune.config import TrainConfig, load_config, save_config, validate
+from zotune.tasks import encode, evaluate, get_task, loss_fn
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "results.json", "model.safetensors")
+TB_DIR = "tb"
+
+
+# --------------------------------------------------------------------------- small utilities
+
+def _atomic_write(path: Path, write) -> None:
+    """Write a file through a temp file in the same folder + os.replace, so readers (and a crash)
+    never see a half-written file. ``write(tmp_path)`` produces the content."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_json(path: Path, data: dict) -> None:
+    _atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8"))
+
+
+def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    """Peak memory of this run: accelerator allocations on CUDA, process RSS otherwise."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return (rss / 2**20 if sys.platform == "darwin" else rss / 1024), "max_rss"
+
+
+def default_out(config: TrainConfig) -> str:
+    return os.path.join("runs", f"{config.task}-{config.optimizer}-s{config.seed}")
+
+
+def prepare_out_dir(out: str | Path, overwrite: bool) -> Path:
+    """Create the run folder, refusing to mix a new run into an old one's files.
+
+    With ``overwrite`` only zotune's own files are removed, never anything else a user put there.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output path {out} exists and is not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ValueError(f"run folder {out} already exists and is not empty; "
+                             "pass --overwrite to replace it, or choose another --out")
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / TB_DIR, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _nonfinite_error():
+    """The optimizer package's NonFiniteLossError (FloatingPointError until it exists)."""
+    try:
+        from zotune.optim import NonFiniteLossError
+        return NonFiniteLossError
+    except ImportError:  # pragma: no cover - only while zotune.optim is being written
+        return FloatingPointError
+
+
+def _is_zeroth_order(opt) -> bool:
+    try:
+        from zotune.optim import is_zeroth_order
+    except ImportError:  # pragma: no cover
+        return False
+    return is_zeroth_order(opt)
+
+
+FIRST_ORDER = ("sgd", "adamw", "adam")
+
+
+def _takes_zo_args(name: str) -> bool:
+    """Whether optimizer ``name`` is zeroth-order (and so takes eps and seed), before building it."""
+    from zotune.optim import OPTIMIZERS
+
+    entry = OPTIMIZERS.get(name)
+    if isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[1], bool):
+        return entry[1]  # name -> (class, is_zeroth_order)
+    return name not in FIRST_ORDER
+
+
+def _build_optimizer(config: TrainConfig, named_params: list[tuple[str, torch.nn.Parameter]]):
+    """Build the configured optimizer; ZO ones also get eps and seed (first-order ones have no
+    such arguments, and AdamW's own ``eps`` means something else)."""
+    from zotune.optim import build_optimizer
+
+    hp: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay}
+    if _takes_zo_args(config.optimizer):
+        hp.update(eps=config.eps, seed=config.seed)
+    hp.update(config.optimizer_kwargs)
+    return build_optimizer(config.optimizer, named_params, **hp)
+
+
+# --------------------------------------------------------------------------- parameters and weights
+
+def select_trainable(model: torch.nn.Module, pattern: str | None) -> list[tuple[str, torch.nn.Parameter]]:
+    """Set requires_grad from the ``trainable`` regex; return the trainable (name, param) pairs.
+
+    named_parameters() lists a tied (shared) tensor once, under its first name, so each tensor is
+    trained - and saved - exactly once.
+    """
+    rx = re.compile(pattern) if pattern is not None else None
+    named = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(rx is None or bool(rx.search(name)))
+        if p.requires_grad:
+            named.append((name, p))
+    if not named:
+        names = [n for n, _ in model.named_parameters()][:8]
+        raise ValueError(f"trainable pattern {pattern!r} matches no parameter; names look like: {', '.join(names)}")
+    return named
+
+
+def save_weights(named_params: list[tuple[str, torch.nn.Parameter]], path: Path) -> None:
+    """Save the trainable tensors with safetensors, each storage once (tied weights share one)."""
+    from safetensors.torch import save_file
+
+    tensors, seen = {}, set()
+    for name, p in named_params:
+        key = (p.data_ptr(), p.dtype, tuple(p.shape))
+        if key in seen:
+            continue
+        seen.add(key)
+        tensors[name] = p.detach().to("cpu").contiguous().clone()
+    _atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt", "producer": "zotune"}))
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> list[str]:
+    """Copy saved tensors into the model's parameters (by name); return the names loaded.
+
+    Tied parameters appear under several names in the model but once in the file; copying into
+    the one shared tensor updates every alias.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path} (was the run saved with save_weights: false?)")
+    saved = load_file(str(path))
+    params = dict(model.named_parameters(remove_duplicate=False))
+    missing = [k for k in saved if k not in params]
+    if missing:
+        raise ValueError(f"{path} has tensors this model lacks ({', '.join(missing[:5])}); "
+                         "was it trained on a different --model?")
+    with torch.no_grad():
+        for name, t in saved.items():
+            p = params[name]
+            if p.shape != t.shape:
+                raise ValueError(f"{path}: tensor {name} has shape {tuple(t.shape)}, model has {tuple(p.shape)}")
+            p.copy_(t.to(device=p.device, dtype=p.dtype))
+    return list(saved)
+
+
+# --------------------------------------------------------------------------- batches and closures
+
+class BatchSampler:
+    """Epoch-wise shuffled batches from a private ``random.Random(seed)``.
+
+    Private so that the batch order depends only on the seed - not on whatever else (model
+    init, dropout, a user's own code) consumed the global RNG.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size = n, min(batch_size, n)
+        self.rng = random.Random(seed)
+        self.order: list[int] = []
+
+    def next(self) -> list[int]:
+        if len(self.order) < self.batch_size:
+            perm = list(range(self.n))
+            self.rng.shuffle(perm)
+            self.order += perm
+        idx, self.order = self.order[:self.batch_size], self.order[self.batch_size:]
+        return idx
+
+
+def make_closure(model, batch, device, autocast, zeroth_order: bool, opt, counter: list[int]):
+    """The closure for ``opt.step``.
+
+    ZO: forward only (the optimizer calls it under no_grad, perturbing the weights itself).
+    FO: the standard zero_grad/forward/backward closure; a non-finite loss raises *before*
+    backward, i.e. before torch's optimizers touch the weights, matching the ZO guarantee.
+    """
+    NonFinite = _nonfinite_error()
+
+    def zo_closure():
+        counter[0] += 1
+        with autocast_context(device, autocast):
+            return loss_fn(model, batch)
+
+    def fo_closure():
+        counter[0] += 1
+        opt.zero_grad(set_to_none=True)
+        with torch.enable_grad(), autocast_context(device, autocast):
+            loss = loss_fn(model, batch)
+        if not torch.isfinite(loss.detach()).all():
+            raise NonFinite(f"non-finite loss {loss.item()}")
+        loss.backward()
+        return loss
+
+    return zo_closure if zeroth_order else fo_closure
+
+
+def autocast_context(device, autocast):
+    from zotune.models import autocast_context as ctx
+    return ctx(device, autocast) if autocast else nullcontext()
+
+
+# --------------------------------------------------------------------------- logging
+
+class MetricsLog:
+    """metrics.jsonl (one flushed line per record) plus TensorBoard scalars when available."""
+
+    def __init__(self, out: Path):
+        self.file = open(out / "metrics.jsonl", "a", encoding="utf-8")
+        self.tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(log_dir=str(out / TB_DIR))
+        except Exception:  # tensorboard not installed (it is optional)
+            self.tb = None
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _log(msg: str) -> None:
+    print(f"zotune: {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- the run
+
+def train(config: TrainConfig, overwrite: bool = False, progress: bool = True) -> dict:
+    """Fine-tune as ``config`` says; return the results (also written to ``<out>/results.json``).
+
+    A non-finite loss stops the run: the weights from before the failing step are saved, and the
+    results carry ``"stopped": "non-finite loss at step N"`` (the CLI then exits with code 1).
+    """
+    from tqdm.auto import tqdm
+
+    from zotune.models import load_model, resolve_device
+
+    validate(config)
+    t_start = time.perf_counter()
+    out = prepare_out_dir(config.out or default_out(config), overwrite)
+    config.out = str(out)
+    _atomic_write(out / "config.yaml", lambda p: save_config(config, p))
+
+    device = resolve_device(config.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    _log(f"loading model {config.model} ({config.dtype}) on {device}")
+    model, tokenizer = load_model(config.model, dtype=config.dtype, device=str(device))
+    model.eval()  # dropout off for both ZO and FO: one deterministic objective
+    task = get_task(config.task)
+    train_ex = task.load("train", data_dir=config.data_dir)
+    dev_ex = task.load("dev", data_dir=config.data_dir)[: config.eval_examples]
+    test_ex = task.load("test", data_dir=config.data_dir)[: config.test_examples]
+    if not train_ex:
+        raise ValueError(f"task {config.task} has no training examples")
+
+    named = select_trainable(model, config.trainable)
+    opt = _build_optimizer(config, named)
+    zeroth_order = _is_zeroth_order(opt)
+    n_train = sum(p.numel() for _, p in named)
+    _log(f"{config.optimizer} ({'zeroth' if zeroth_order else 'first'}-order) on "
+         f"{n_train:,} trainable parameters in {len(named)} tensors -> {out}")
+
+    def eval_on(examples):
+        return evaluate(model, tokenizer, task, examples, batch_size=32, autocast=config.autocast,
+                        device=device, max_length=config.max_length)
+
+    _log(f"zero-shot evaluation on {len(test_ex)} test examples")
+    zero_shot = eval_on(test_ex)
+
+    log = MetricsLog(out)
+    sampler = BatchSampler(len(train_ex), config.batch_size, config.seed)
+    counter = [0]
+    best_dev, best_step, last_dev = None, None, None
+    stopped, steps_done, loss_val = None, 0, float("nan")
+    t_loop = time.perf_counter()
+    bar = tqdm(total=config.steps, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    try:
+        for step in range(1, config.steps + 1):
+            batch = encode(task, tokenizer, [train_ex[i] for i in sampler.next()], max_length=config.max_length)
+            closure = make_closure(model, batch, device, config.autocast, zeroth_order, opt, counter)
+            try:
+                loss = opt.step(closure)
+                loss_val = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
+                if not math.isfinite(loss_val):  # an optimizer that did not check: stop anyway
+                    raise _nonfinite_error()(f"non-finite loss {loss_val}")
+            except FloatingPointError:
+                stopped = f"non-finite loss at step {step}"
+                break
+            steps_done = step
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_val:.4f}", refresh=False)
+            record = None
+            if step % config.log_every == 0 or step == config.steps:
+                record = {"step": step, "loss": loss_val, "lr": opt.param_groups[0]["lr"],
+                          "elapsed": round(time.perf_counter() - t_loop, 3)}
+            if (config.eval_every and step % config.eval_every == 0) or step == config.steps:
+                last_dev = eval_on(dev_ex)["accuracy"]
+                if best_dev is None or last_dev > best_dev:
+                    best_dev, best_step = last_dev, step
+                record = record or {"step": step, "loss": loss_val, "lr": opt.param_groups[0]["lr"]}
+                record.update(dev_accuracy=last_dev, elapsed=round(time.perf_counter() - t_loop, 3))
+                bar.write(f"step {step}: loss {loss_val:.4f}, dev accuracy {last_dev:.4f}")
+            if record is not None:
+                log.write(record)
+    finally:
+        bar.close()
+        log.close()
+    train_time = time.perf_counter() - t_loop
+
+    if config.save_weights:
+        save_weights(named, out / "model.safetensors")
+    final = None
+    if stopped is None:
+        _log(f"fine-tuned evaluation on {len(test_ex)} test examples")
+        final = eval_on(test_ex)
+    else:
+        _log(f"stopped: {stopped}; weights from step {steps_done} kept" +
+             (f" in {out / 'model.safetensors'}" if config.save_weights else ""))
+
+    peak, peak_kind = _peak_memory_mb(device)
+    results = {
+        "model": config.model,
+        "task": config.task,
+        "optimizer": config.optimizer,
+        "zeroth_order": zeroth_order,
+        "zero_shot_test_accuracy": zero_shot["accuracy"],
+        "test_accuracy": final["accuracy"] if final else None,
+        "test_examples": len(test_ex),
+        "best_dev_accuracy": best_dev,
+        "best_dev_step": best_step,
+        "final_dev_accuracy": last_dev,
+        "final_loss": loss_val if stopped is None else None,
+        "steps": steps_done,
+        "train_forward_passes": counter[0],
+        "trainable_parameters": n_train,
+        "train_time_s": round(train_time, 3),
+        "wall_time_s": round(time.perf_counter() - t_start, 3),
+        "peak_memory_mb": round(peak, 1),
+        "peak_memory_kind": peak_kind,
+        "device": str(device),
+        "stopped": stopped,
+    }
+    _write_json(out / "results.json", results)
+    return results
+
+
+def evaluate_run(run: str | Path | None = None, model: str | None = None, task: str | None = None,
+                 split: str = "test", examples: int | None = None, data_dir: str | None = None,
+                 dtype: str | None = None, autocast: str | None = "config", device: str | None = None,
+                 max_length: int | None = None, batch_size: int = 32) -> dict:
+    """Accuracy of a saved run's weights, or of a model zero-shot when ``run`` is None.
+
+    With a run, every unset argument comes from the run's config.yaml, so by default this
+    reproduces the run's own test accuracy (same model, examples, dtype and autocast).
+    """
+    from zotune.models import load_model, resolve_device
+
+    cfg = TrainConfig()
+    if run is not None:
+        run = Path(run)
+        if not (run / "config.yaml").is_file():
+            raise FileNotFoundError(f"{run} is not a zotune run folder (no config.yaml)")
+        cfg = load_config(run / "config.yaml")
+    model_name = model or cfg.model
+    task_name = task or cfg.task
+    data_dir = data_dir if data_dir is not None else cfg.data_dir
+    if examples is None:
+        examples = cfg.test_examples if split == "test" else cfg.eval_examples if split == "dev" else None
+    autocast = cfg.autocast if autocast == "config" else autocast
+    dev = resolve_device(device or cfg.device)
+    t = get_task(task_name)
+    if split not in t.splits:
+        raise ValueError(f"task {task_name} has no split '{split}'; choose one of {', '.join(t.splits)}")
+    exs = t.load(split, data_dir=data_dir)[:examples]
+    net, tokenizer = load_model(model_name, dtype=dtype or cfg.dtype, device=str(dev))
+    net.eval()
+    if run is not None:
+        load_weights(net, run / "model.safetensors")
+    res = evaluate(net, tokenizer, t, exs, batch_size=batch_size, autocast=autocast, device=dev,
+                   max_length=max_length or cfg.max_length)
+    return {"accuracy": res["accuracy"], "n": res["n"], "split": split, "model": model_name,
+            "task": task_name, "run": str(run) if run is not None else None}
