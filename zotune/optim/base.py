@@ -1,0 +1,226 @@
+"""The shared engine every zeroth-order optimizer in zotune is built on.
+
+A ZO optimizer is a ``torch.optim.Optimizer`` whose ``step(closure)`` calls the closure (a forward
+pass that returns the loss; no backward) at perturbed points and updates the parameters from the
+scalar losses. This base class provides, for every method:
+
+- counter-based directions ``z(step seed, parameter key)`` (``zotune.rng``): the global RNG is never
+  touched, and the noise does not depend on chunking, devices or the order of parameters when the
+  optimizer is given ``named_parameters()`` (keys come from names; otherwise from positions);
+- functional perturbations (``zotune.perturb``): weights are never written during evaluation, so
+  a no-op step is bit-exact and a closure that raises leaves the model exactly as it was;
+- one fused in-place update pass per step (``zotune.kernels``), with stochastic rounding or an fp32
+  master copy for half-precision parameters;
+- a non-finite loss raises ``NonFiniteLossError`` before any weight is written;
+- ``state_dict()`` carries the step counter and seed, so a resumed run draws the same directions.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Callable
+
+import torch
+from torch.optim import Optimizer
+
+from zotune.kernels import apply_update_, perturbed_copy
+from zotune.perturb import FunctionalPerturbation, Perturbed
+from zotune.rng import NOISE_KINDS, NoiseSource, mix, name_key
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss evaluated inside a ZO step was NaN or infinite; no weight was changed."""
+
+
+@contextmanager
+def _defer_sigint():
+    """Hold Ctrl-C until the block ends, so an update pass is never left half-applied."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *a: caught.append(a))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            raise KeyboardInterrupt
+
+
+class ZOOptimizer(Optimizer):
+    """Base of the zeroth-order optimizers. Subclasses implement ``step(closure)``.
+
+    Args beyond the method's own hyperparameters:
+        seed: base seed; the direction of step t is drawn from ``mix(seed, t)``.
+        noise: "gaussian" (N(0, I)) or "rademacher" (±1 entries).
+        chunk_size: elements processed per pass chunk; bounds temporaries, never changes results.
+        stochastic_rounding: unbiased rounding of half-precision updates (default on).
+        master_weights: keep an fp32 copy of half-precision parameters (4 bytes/element of state)
+            and round it to nearest into the parameter after each update.
+    """
+
+    forward_passes = 2  # closure calls per step; subclasses override
+
+    def __init__(
+        self,
+        params,
+        defaults: dict,
+        *,
+        seed: int = 0,
+        noise: str = "gaussian",
+        chunk_size: int = 1 << 20,
+        stochastic_rounding: bool = True,
+        master_weights: bool = False,
+    ):
+        if noise not in NOISE_KINDS:
+            raise ValueError(f"unknown noise {noise!r}; choose one of {NOISE_KINDS}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        super().__init__(params, defaults)
+        self.seed = int(seed)
+        self.noise = noise
+        self.chunk_size = int(chunk_size)
+        self.stochastic_rounding = stochastic_rounding
+        self.master_weights = master_weights
+        self.zo_step = 0  # number of completed steps
+        self.last_projected_grad = float("nan")
+        self._source = NoiseSource()
+        self._entries = self._collect_entries()
+        self._shared: set[int] = set()
+        self._outside: set[int] = set()
+        self._calibrated = False
+
+    # ----------------------------------------------------------------- parameters and keys
+    def _collect_entries(self) -> dict[int, Perturbed]:
+        entries: dict[int, Perturbed] = {}
+        index = 0
+        for group in self.param_groups:
+            names = group.get("param_names")
+            for i, p in enumerate(group["params"]):
+                index += 1
+                if not p.requires_grad:
+                    continue
+                if not p.is_contiguous():
+                    raise ValueError("zotune needs contiguous parameters; call .contiguous() on the model")
+                if id(p) in entries:
+                    continue
+                key = name_key(names[i]) if names else mix(0xC0FFEE, index)
+                entries[id(p)] = Perturbed(p, key)
+        if not entries:
+            raise ValueError("no parameter with requires_grad=True was given to the optimizer")
+        return entries
+
+    def trainable(self, group: dict):
+        """The parameters of ``group`` this optimizer touches, with their noise keys."""
+        for p in group["params"]:
+            e = self._entries.get(id(p))
+            if e is not None:
+                yield e
+
+    def step_seed(self, step: int | None = None) -> int:
+        """Seed of the direction(s) of step ``step`` (default: the step about to run)."""
+        return mix(self.seed, self.zo_step if step is None else step)
+
+    # ----------------------------------------------------------------- evaluation
+    def perturbation(self, seed: int, scale: float) -> FunctionalPerturbation:
+        """A context in which every forward sees θ + scale·z(seed)."""
+
+        def make(e: Perturbed, dtype: torch.dtype | None) -> torch.Tensor:
+            return perturbed_copy(e.param, self._source, seed, e.key, scale, self.noise, self.chunk_size, dtype)
+
+        return FunctionalPerturbation(self._entries, make, self._shared, self._outside)
+
+    def evaluate(self, closure: Callable, seed: int, scale: float) -> torch.Tensor:
+        """Loss of the closure at θ + scale·z(seed), under no_grad; weights are not written."""
+        with torch.no_grad():
+            pert = self.perturbation(seed, scale)
+            with pert:
+                loss = closure()
+            if not self._calibrated:
+                self._calibrate(pert.visits)
+                if self._outside:  # some parameters were read outside their owner's forward
+                    with self.perturbation(seed, scale):
+                        loss = closure()
+        if not isinstance(loss, torch.Tensor):
+            loss = torch.tensor(float(loss))
+        return loss.detach().float()
+
+    def _calibrate(self, visits: dict[int, int]) -> None:
+        """Learn from the first perturbed forward which parameters are tied or read elsewhere."""
+        self._shared = {pid for pid, n in visits.items() if n > 1}
+        self._outside = {pid for pid in self._entries if pid not in visits}
+        self._calibrated = True
+
+    def two_point(self, closure: Callable, seed: int, eps: float) -> tuple[float, float]:
+        """L(θ+εz) and L(θ−εz) as floats (one host synchronisation). Raises on NaN/inf."""
+        lp = self.evaluate(closure, seed, eps)
+        lm = self.evaluate(closure, seed, -eps)
+        lp_f, lm_f = torch.stack([lp, lm]).tolist()
+        check_finite(lp_f, lm_f, step=self.zo_step)
+        return lp_f, lm_f
+
+    # ----------------------------------------------------------------- update
+    def apply(self, group: dict, seed: int, coef: float, decay: float = 1.0) -> None:
+        """θ ← decay·θ + coef·z(seed) for every trainable parameter of ``group``."""
+        with _defer_sigint():
+            for e in self.trainable(group):
+                apply_update_(
+                    e.param, self._source, seed, e.key, coef, self.noise, self.chunk_size,
+                    decay=decay, master=self._master(e.param), stochastic=self.stochastic_rounding,
+                )
+
+    def _master(self, p: torch.Tensor) -> torch.Tensor | None:
+        if not self.master_weights or p.dtype == torch.float32:
+            return None
+        state = self.state[p]
+        if "master" not in state:
+            state["master"] = p.detach().float().clone()
+        return state["master"]
+
+    def finish_step(self, projected_grad: float) -> None:
+        self.last_projected_grad = projected_grad
+        self.zo_step += 1
+
+    # ----------------------------------------------------------------- bookkeeping
+    def state_bytes(self) -> int:
+        """Bytes of optimizer state kept between steps (tensors in ``self.state``)."""
+        total = 0
+        for st in self.state.values():
+            for v in st.values():
+                if isinstance(v, torch.Tensor):
+                    total += v.numel() * v.element_size()
+        return total
+
+    def state_dict(self):
+        sd = super().state_dict()
+        sd["zo"] = {"step": self.zo_step, "seed": self.seed, "noise": self.noise,
+                    "last_projected_grad": self.last_projected_grad}
+        return sd
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        zo = state_dict.pop("zo", None)
+        if zo is None:
+            raise ValueError("not a zotune ZO optimizer state_dict (no 'zo' entry)")
+        # torch casts floating state to the parameter's dtype on load; fp32 masters must stay fp32
+        masters = {i: st["master"] for i, st in state_dict["state"].items() if "master" in st}
+        super().load_state_dict(state_dict)
+        params = [p for g in self.param_groups for p in g["params"]]
+        for i, m in masters.items():
+            self.state[params[int(i)]]["master"] = m.to(params[int(i)].device, torch.float32).clone()
+        self.zo_step = int(zo["step"])
+        self.seed = int(zo["seed"])
+        self.noise = zo["noise"]
+        self.last_projected_grad = float(zo["last_projected_grad"])
+
+
+def check_finite(*losses: float, step: int) -> None:
+    if not all(math.isfinite(x) for x in losses):
+        raise NonFiniteLossError(
+            f"non-finite loss {losses} at step {step}: no weight was changed. "
+            "Lower the learning rate or eps, or check the data and the model's dtype."
+        )
