@@ -133,3 +133,14 @@ def test_nonfinite_loss_stops_and_keeps_last_good_weights(tmp_path, monkeypatch,
     assert got.keys() == want.keys()
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-6)
+
+
+def test_demo_writes_runs_demo_and_may_overwrite(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["demo", *TINY, "--steps", "1", "--eval-every", "0"]
+    assert main(args) == 0
+    assert main(args) == 0  # the demo always overwrites its own folder
+    assert _results(tmp_path / "runs" / "demo")["steps"] == 1
+    table = capsys.readouterr().out
+    for row in ("zero-shot test accuracy", "fine-tuned test accuracy", "steps", "wall time", "peak memory"):
+        assert row in table

@@ -8,6 +8,7 @@ which overrides the defaults. User errors (bad flags or values, missing files) p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from zotune.config import FIELDS, TrainConfig, _base_type, load_config, merge
+from zotune.config import FIELDS, HELP, TrainConfig, _base_type, known_optimizers, load_config, merge
 
 EXIT_USAGE = 2
 EXIT_NONFINITE = 1
@@ -41,24 +42,26 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty run folder")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     defaults = TrainConfig()
-    for name, f in FIELDS.items():
+    for name in FIELDS:
         flag = "--" + name.replace("_", "-")
         typ, optional = _base_type(name)
-        doc = (f.metadata or {}).get("help", "")
+        doc = HELP.get(name, "")
+        if name == "optimizer" and known_optimizers():
+            doc = f"optimizer: {', '.join(known_optimizers())}"
         help_ = f"{doc} (default: {getattr(defaults, name)!r})".strip()
         if typ is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
         elif typ is dict:
             p.add_argument("--opt", dest=name, metavar="KEY=VALUE", type=_kv, action="append", default=None,
-                           help="extra optimizer argument, repeatable (e.g. --opt momentum=0.9)")
+                           help="extra optimizer argument (optimizer_kwargs), repeatable, e.g. --opt momentum=0.9")
         else:
             # Values stay strings/numbers here; config.merge converts and checks them, so
             # 'none' works for optional fields and error messages are the same as for files.
             p.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=help_)
 
 
-def _config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
-    cfg = load_config(args.config) if args.config else (base or TrainConfig())
+def _config_from_args(args: argparse.Namespace) -> TrainConfig:
+    cfg = load_config(args.config) if args.config else TrainConfig()
     overrides = {name: getattr(args, name, None) for name in FIELDS}
     if overrides.get("optimizer_kwargs") is not None:
         overrides["optimizer_kwargs"] = {**cfg.optimizer_kwargs, **dict(overrides["optimizer_kwargs"])}
@@ -124,14 +127,13 @@ def _summary_table(results: dict, out: str) -> str:
 def _cmd_train(args, demo: bool = False) -> int:
     from zotune.train import train
 
-    base = TrainConfig(out=os.path.join("runs", "demo")) if demo else None
-    cfg = _config_from_args(args, base)
+    cfg = _config_from_args(args)
     if demo and cfg.out is None:
-        cfg.out = os.path.join("runs", "demo")
+        cfg = dataclasses.replace(cfg, out=os.path.join("runs", "demo"))
     results = train(cfg, overwrite=args.overwrite or demo, progress=not args.no_progress)
-    print(_summary_table(results, cfg.out))
+    print(_summary_table(results, results["out"]))
     if results.get("stopped"):
-        print(f"zotune: error: {results['stopped']}; the weights before that step are saved in {cfg.out}. "
+        print(f"zotune: error: {results['stopped']}; the weights before that step are in {results['out']}. "
               "Try a smaller --lr (or --eps).", file=sys.stderr)
         return EXIT_NONFINITE
     return 0

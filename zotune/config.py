@@ -34,42 +34,57 @@ class TrainConfig:
     """
 
     model: str = "smollm2"
-    """'smollm2', a .gguf file, a Hugging Face folder, or 'tiny-llama' / 'tiny-opt' (tests)."""
     task: str = "sst2"
     data_dir: str | None = None
-    """Folder with the task's data files; None uses the data packaged with zotune."""
     optimizer: str = "mezo"
     lr: float = 1e-5
     eps: float = 1e-3
-    """Perturbation scale of zeroth-order optimizers (ignored by first-order ones)."""
     weight_decay: float = 0.0
     steps: int = 300
     batch_size: int = 16
     eval_every: int = 100
-    """Evaluate on dev every this many steps (0: only at the end)."""
     eval_examples: int | None = 500
-    """Dev examples used at each evaluation (None: all)."""
     test_examples: int | None = 1000
-    """Test examples for the zero-shot and fine-tuned accuracy (None: all)."""
     max_length: int = 128
     seed: int = 0
     dtype: str = "fp32"
-    """Weight dtype. Keep fp32 for ZO: bf16 weights swallow eps-sized perturbations."""
     autocast: str | None = "bf16"
-    """Compute dtype of the forward pass ('bf16' or None)."""
     device: str = "auto"
     out: str | None = None
-    """Run folder; None picks runs/<task>-<optimizer>-s<seed>."""
     trainable: str | None = None
-    """Regex on parameter names (re.search); only matching parameters are trained. None: all."""
     log_every: int = 1
     save_weights: bool = True
     optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Extra keyword arguments for the optimizer (e.g. momentum, betas)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+
+HELP = {
+    'model': "'smollm2', a .gguf file, a Hugging Face folder, or 'tiny-llama' / 'tiny-opt' (tests)",
+    'task': 'task name, e.g. sst2',
+    'data_dir': "folder with the task's data files; 'none' uses the data packaged with zotune",
+    'optimizer': 'optimizer name (see zotune.optim.OPTIMIZERS)',
+    'lr': 'learning rate',
+    'eps': 'perturbation scale of zeroth-order optimizers (ignored by first-order ones)',
+    'weight_decay': 'weight decay',
+    'steps': 'number of optimizer steps',
+    'batch_size': 'training examples per step',
+    'eval_every': 'evaluate on dev every this many steps (0: only at the end)',
+    'eval_examples': "dev examples used at each evaluation ('none': all)",
+    'test_examples': "test examples for the zero-shot and fine-tuned accuracy ('none': all)",
+    'max_length': 'maximum prompt length in tokens (longer prompts lose words on the left)',
+    'seed': 'seed of the batch order and of ZO perturbations',
+    'dtype': 'weight dtype. Keep fp32 for ZO: bf16 weights swallow eps-sized perturbations',
+    'autocast': "compute dtype of the forward pass ('bf16' or None)",
+    'device': 'auto, cpu, cuda, cuda:N or mps',
+    'out': 'run folder; unset picks runs/<task>-<optimizer>-s<seed>',
+    'trainable': 'regex on parameter names (re.search); only matching parameters are trained. Unset: all',
+    'log_every': 'write a metrics.jsonl line every this many steps',
+    'save_weights': 'save trainable weights as model.safetensors',
+    'optimizer_kwargs': 'extra keyword arguments for the optimizer (e.g. momentum, betas)',
+}
+"""One line per field: the --help text of its command-line flag."""
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _HINTS = typing.get_type_hints(TrainConfig)

@@ -16,6 +16,7 @@ in eval mode (dropout off), so the two kinds optimise the same deterministic obj
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -295,7 +296,7 @@ def train(config: TrainConfig, overwrite: bool = False, progress: bool = True) -
     validate(config)
     t_start = time.perf_counter()
     out = prepare_out_dir(config.out or default_out(config), overwrite)
-    config.out = str(out)
+    config = dataclasses.replace(config, out=str(out))  # the saved config names its folder
     _atomic_write(out / "config.yaml", lambda p: save_config(config, p))
 
     device = resolve_device(config.device)
@@ -377,6 +378,7 @@ def train(config: TrainConfig, overwrite: bool = False, progress: bool = True) -
 
     peak, peak_kind = _peak_memory_mb(device)
     results = {
+        "out": str(out),
         "model": config.model,
         "task": config.task,
         "optimizer": config.optimizer,
