@@ -224,7 +224,7 @@ def _check_task(name: str) -> None:
         get_task(name)
     except (KeyError, ValueError) as e:
         msg = e.args[0] if e.args else str(e)
-        raise ValueError(f"unknown task '{name}': {msg}") from None
+        raise ValueError(msg if "unknown task" in str(msg) else f"unknown task {name!r}: {msg}") from None
 
 
 def validate(config: TrainConfig) -> None:
