@@ -56,20 +56,22 @@ def assert_bit_identical(model, snap):
 
 
 # ---------------------------------------------------------------------------------- noise
-def test_noise_is_counter_based_any_chunking():
+@pytest.mark.parametrize("kind", ["gaussian", "rademacher", "uniform"])
+def test_noise_is_counter_based_any_chunking(kind):
     src = NoiseSource()
     numel = 3 * BLOCK + 123
-    full = src.noise(seed=7, key=11, offset=0, n=numel, numel=numel)
+    full = src.noise(seed=7, key=11, offset=0, n=numel, numel=numel, kind=kind)
     for chunk in (1, 1000, BLOCK - 1, BLOCK + 5, 2 * BLOCK):
-        parts = [src.noise(7, 11, a, min(chunk, numel - a), numel) for a in range(0, numel, chunk)] \
-            if chunk > 999 else [src.noise(7, 11, a, 1, numel) for a in (0, BLOCK - 1, BLOCK, numel - 1)]
+        parts = [src.noise(7, 11, a, min(chunk, numel - a), numel, kind) for a in range(0, numel, chunk)] \
+            if chunk > 999 else [src.noise(7, 11, a, 1, numel, kind) for a in (0, BLOCK - 1, BLOCK, numel - 1)]
         if chunk > 999:
             assert torch.equal(torch.cat(parts), full)
         else:  # single elements at block edges
             assert torch.equal(torch.cat(parts), full[[0, BLOCK - 1, BLOCK, numel - 1]])
-    assert not torch.equal(src.noise(8, 11, 0, 100, numel), full[:100])  # seed matters
-    assert not torch.equal(src.noise(7, 12, 0, 100, numel), full[:100])  # key matters
-    assert abs(full.mean().item()) < 0.02 and abs(full.std().item() - 1) < 0.02
+    assert not torch.equal(src.noise(8, 11, 0, 100, numel, kind), full[:100])  # seed matters
+    assert not torch.equal(src.noise(7, 12, 0, 100, numel, kind), full[:100])  # key matters
+    mean, std = {"gaussian": (0, 1), "rademacher": (0, 1), "uniform": (0.5, 12**-0.5)}[kind]
+    assert abs(full.mean().item() - mean) < 0.02 and abs(full.std().item() - std) < 0.02
 
 
 def test_rademacher_and_keys():
