@@ -206,12 +206,10 @@ def save_config(config: TrainConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
 
 
-def known_optimizers() -> list[str] | None:
-    """Names accepted by zotune.optim.build_optimizer, or None when the module is unavailable."""
-    try:
-        from zotune.optim import OPTIMIZERS
-    except ImportError:
-        return None
+def known_optimizers() -> list[str]:
+    """Names accepted by zotune.optim.build_optimizer."""
+    from zotune.optim import OPTIMIZERS
+
     return sorted(OPTIMIZERS)
 
 
@@ -263,7 +261,7 @@ def validate(config: TrainConfig) -> None:
         except re.error as e:
             problems.append(f"trainable is not a valid regular expression ({e}): {c.trainable!r}")
     names = known_optimizers()
-    if names is not None and c.optimizer not in names:
+    if c.optimizer not in names:
         problems.append(f"unknown optimizer '{c.optimizer}'; choose one of: {', '.join(names)}")
     if problems:
         raise ValueError("invalid config: " + "; ".join(problems))

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from zotune.config import TrainConfig, load_config, save_config, validate
+from zotune.optim import OPTIMIZERS, NonFiniteLossError, build_optimizer, is_zeroth_order
 from zotune.tasks import encode, evaluate, get_task, loss_fn
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "results.json", "model.safetensors")
@@ -92,43 +93,11 @@ def prepare_out_dir(out: str | Path, overwrite: bool) -> Path:
     return out
 
 
-def _nonfinite_error():
-    """The optimizer package's NonFiniteLossError (FloatingPointError until it exists)."""
-    try:
-        from zotune.optim import NonFiniteLossError
-        return NonFiniteLossError
-    except ImportError:  # pragma: no cover - only while zotune.optim is being written
-        return FloatingPointError
-
-
-def _is_zeroth_order(opt) -> bool:
-    try:
-        from zotune.optim import is_zeroth_order
-    except ImportError:  # pragma: no cover
-        return False
-    return is_zeroth_order(opt)
-
-
-FIRST_ORDER = ("sgd", "adamw", "adam")
-
-
-def _takes_zo_args(name: str) -> bool:
-    """Whether optimizer ``name`` is zeroth-order (and so takes eps and seed), before building it."""
-    from zotune.optim import OPTIMIZERS
-
-    entry = OPTIMIZERS.get(name)
-    if isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[1], bool):
-        return entry[1]  # name -> (class, is_zeroth_order)
-    return name not in FIRST_ORDER
-
-
 def _build_optimizer(config: TrainConfig, named_params: list[tuple[str, torch.nn.Parameter]]):
     """Build the configured optimizer; ZO ones also get eps and seed (first-order ones have no
     such arguments, and AdamW's own ``eps`` means something else)."""
-    from zotune.optim import build_optimizer
-
     hp: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay}
-    if _takes_zo_args(config.optimizer):
+    if OPTIMIZERS[config.optimizer][1]:  # zeroth-order
         hp.update(eps=config.eps, seed=config.seed)
     hp.update(config.optimizer_kwargs)
     return build_optimizer(config.optimizer, named_params, **hp)
@@ -224,8 +193,6 @@ def make_closure(model, batch, device, autocast, zeroth_order: bool, opt, counte
     FO: the standard zero_grad/forward/backward closure; a non-finite loss raises *before*
     backward, i.e. before torch's optimizers touch the weights, matching the ZO guarantee.
     """
-    NonFinite = _nonfinite_error()
-
     def zo_closure():
         counter[0] += 1
         with autocast_context(device, autocast):
@@ -237,7 +204,7 @@ def make_closure(model, batch, device, autocast, zeroth_order: bool, opt, counte
         with torch.enable_grad(), autocast_context(device, autocast):
             loss = loss_fn(model, batch)
         if not torch.isfinite(loss.detach()).all():
-            raise NonFinite(f"non-finite loss {loss.item()}")
+            raise NonFiniteLossError(f"non-finite loss {loss.item()}")
         loss.backward()
         return loss
 
@@ -314,7 +281,7 @@ def train(config: TrainConfig, overwrite: bool = False, progress: bool = True) -
 
     named = select_trainable(model, config.trainable)
     opt = _build_optimizer(config, named)
-    zeroth_order = _is_zeroth_order(opt)
+    zeroth_order = is_zeroth_order(opt)
     n_train = sum(p.numel() for _, p in named)
     _log(f"{config.optimizer} ({'zeroth' if zeroth_order else 'first'}-order) on "
          f"{n_train:,} trainable parameters in {len(named)} tensors -> {out}")
@@ -341,7 +308,7 @@ def train(config: TrainConfig, overwrite: bool = False, progress: bool = True) -
                 loss = opt.step(closure)
                 loss_val = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
                 if not math.isfinite(loss_val):  # an optimizer that did not check: stop anyway
-                    raise _nonfinite_error()(f"non-finite loss {loss_val}")
+                    raise NonFiniteLossError(f"non-finite loss {loss_val}")
             except FloatingPointError:
                 stopped = f"non-finite loss at step {step}"
                 break
