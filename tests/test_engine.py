@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.nn.modules import module as nn_module
 
-from zotune.kernels import apply_update_, stochastic_round
+from zotune.kernels import stochastic_round, update_
 from zotune.optim import MeZO, NonFiniteLossError
 from zotune.rng import BLOCK, NoiseSource, mix, name_key
 
@@ -148,15 +148,31 @@ def test_stochastic_rounding_is_unbiased():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_update_mean_matches_exact_update(dtype):
     n, coef = 100_000, 1e-4
-    p = torch.full((n,), 0.5, dtype=dtype)
     src = NoiseSource()
-    apply_update_(p, src, seed=5, key=1, coef=coef, kind="rademacher", chunk=4096)
     z = src.noise(5, 1, 0, n, n, kind="rademacher")
+    p = torch.full((n,), 0.5, dtype=dtype)
+    update_(p, lambda a, b: z[a:b] * coef, chunk=4096, rounding=(src, 5, 1))
     delta = (p.float() - 0.5) * z  # per-element update along +z; exact value is coef
     assert abs(delta.mean().item() - coef) < 0.1 * coef
     nearest = torch.full((n,), 0.5, dtype=dtype)
-    apply_update_(nearest, src, seed=5, key=1, coef=coef, kind="rademacher", chunk=4096, stochastic=False)
+    update_(nearest, lambda a, b: z[a:b] * coef, chunk=4096, rounding=None)
     assert torch.all(nearest.float() == 0.5)  # round-to-nearest drops it
+
+
+def test_half_precision_mezo_tracks_fp32_mezo():
+    """Same seed, same data: bf16 weights with stochastic rounding follow the fp32 trajectory."""
+    X = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+    y = X.sum(1, keepdim=True)
+    runs = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        model = torch.nn.Linear(8, 1, bias=False).to(dtype)
+        with torch.no_grad():
+            model.weight.zero_()
+        opt = MeZO(model.named_parameters(), lr=1e-3, eps=1e-2)
+        for _ in range(300):
+            opt.step(lambda: ((model(X.to(dtype)).float() - y) ** 2).mean())
+        runs[dtype] = model.weight.float()
+    assert (runs[torch.bfloat16] - runs[torch.float32]).norm() < 0.1 * runs[torch.float32].norm()
 
 
 def test_master_weights_keep_small_updates():

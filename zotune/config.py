@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from zotune.rng import NOISE_KINDS
+
 DTYPES = ("fp32", "bf16", "fp16")
 AUTOCASTS = ("bf16",)  # or None: no autocast
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
@@ -37,10 +39,11 @@ class TrainConfig:
     task: str = "sst2"
     data_dir: str | None = None
     optimizer: str = "mezo"
-    lr: float = 1e-5
+    lr: float = 3e-5
     eps: float = 1e-3
+    noise: str = "rademacher"
     weight_decay: float = 0.0
-    steps: int = 300
+    steps: int = 400
     batch_size: int = 16
     eval_every: int = 100
     eval_examples: int | None = 500
@@ -67,6 +70,8 @@ HELP = {
     'optimizer': 'optimizer name (see zotune.optim.OPTIMIZERS)',
     'lr': 'learning rate',
     'eps': 'perturbation scale of zeroth-order optimizers (ignored by first-order ones)',
+    'noise': "direction distribution of zeroth-order optimizers: 'rademacher' (±1, cheap to draw on a "
+             "CPU) or 'gaussian' (MeZO's N(0, I)); both have E[zz^T] = I",
     'weight_decay': 'weight decay',
     'steps': 'number of optimizer steps',
     'batch_size': 'training examples per step',
@@ -208,9 +213,9 @@ def save_config(config: TrainConfig, path: str | Path) -> None:
 
 def known_optimizers() -> list[str]:
     """Names accepted by zotune.optim.build_optimizer."""
-    from zotune.optim import OPTIMIZERS
+    from zotune.optim import available
 
-    return sorted(OPTIMIZERS)
+    return available()
 
 
 def _check_task(name: str) -> None:
@@ -260,6 +265,8 @@ def validate(config: TrainConfig) -> None:
             re.compile(c.trainable)
         except re.error as e:
             problems.append(f"trainable is not a valid regular expression ({e}): {c.trainable!r}")
+    if c.noise not in NOISE_KINDS:
+        problems.append(f"noise must be one of {', '.join(NOISE_KINDS)} (got '{c.noise}')")
     names = known_optimizers()
     if c.optimizer not in names:
         problems.append(f"unknown optimizer '{c.optimizer}'; choose one of: {', '.join(names)}")

@@ -97,8 +97,8 @@ def _build_optimizer(config: TrainConfig, named_params: list[tuple[str, torch.nn
     """Build the configured optimizer; ZO ones also get eps and seed (first-order ones have no
     such arguments, and AdamW's own ``eps`` means something else)."""
     hp: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay}
-    if OPTIMIZERS[config.optimizer][1]:  # zeroth-order
-        hp.update(eps=config.eps, seed=config.seed)
+    if OPTIMIZERS[config.optimizer][2]:  # zeroth-order
+        hp.update(eps=config.eps, seed=config.seed, noise=config.noise)
     hp.update(config.optimizer_kwargs)
     return build_optimizer(config.optimizer, named_params, **hp)
 

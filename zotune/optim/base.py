@@ -26,9 +26,14 @@ from typing import Callable
 import torch
 from torch.optim import Optimizer
 
-from zotune.kernels import apply_update_, perturbed_copy
+from zotune.kernels import update_
+from zotune.kernels.apply import perturbed_copy
 from zotune.perturb import FunctionalPerturbation, Perturbed
-from zotune.rng import NOISE_KINDS, NoiseSource, mix, name_key
+from zotune.rng import DIRECTION, NOISE_KINDS, NoiseSource, mix, name_key
+
+# A direction is a weighted sum of seeded directions: ((seed, weight), ...). A bare int seed means
+# ((seed, 1.0),). Pools, guided vectors and n-SPSA updates are all such sums.
+Direction = int | tuple[tuple[int, float], ...] | list[tuple[int, float]]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -61,9 +66,17 @@ class ZOOptimizer(Optimizer):
         stochastic_rounding: unbiased rounding of half-precision updates (default on).
         master_weights: keep an fp32 copy of half-precision parameters (4 bytes/element of state)
             and round it to nearest into the parameter after each update.
+        num_directions: n of n-SPSA: average the two-point estimate over n directions (2n
+            forward passes per step).
+
+    Subclasses change the directions by overriding ``direction`` (a materialised direction for a
+    parameter, e.g. low-rank) and ``active`` (which parameters a step perturbs and updates).
     """
 
-    forward_passes = 2  # closure calls per step; subclasses override
+    @property
+    def forward_passes(self) -> int:
+        """Closure calls per step (two-point methods: 2 per direction); subclasses override."""
+        return 2 * self.num_directions
 
     def __init__(
         self,
@@ -75,7 +88,10 @@ class ZOOptimizer(Optimizer):
         chunk_size: int = 1 << 20,
         stochastic_rounding: bool = True,
         master_weights: bool = False,
+        num_directions: int = 1,
     ):
+        if num_directions < 1:
+            raise ValueError(f"num_directions must be >= 1, got {num_directions}")
         if noise not in NOISE_KINDS:
             raise ValueError(f"unknown noise {noise!r}; choose one of {NOISE_KINDS}")
         if chunk_size < 1:
@@ -86,6 +102,7 @@ class ZOOptimizer(Optimizer):
         self.chunk_size = int(chunk_size)
         self.stochastic_rounding = stochastic_rounding
         self.master_weights = master_weights
+        self.num_directions = int(num_directions)
         self.zo_step = 0  # number of completed steps
         self.last_projected_grad = float("nan")
         self._source = NoiseSource()
@@ -125,25 +142,78 @@ class ZOOptimizer(Optimizer):
         """Seed of the direction(s) of step ``step`` (default: the step about to run)."""
         return mix(self.seed, self.zo_step if step is None else step)
 
+    # ----------------------------------------------------------------- directions
+    def direction(self, e: Perturbed, seed: int) -> torch.Tensor | None:
+        """Materialised direction of ``e`` for ``seed`` (fp32, e's shape), or None for the
+        default: the dense counter-based stream, which the engine streams chunk by chunk and
+        never materialises. Low-rank or masked samplers override this."""
+        return None
+
+    def active(self, e: Perturbed) -> bool:
+        """Whether the current step perturbs and updates ``e`` (layer-subset methods override)."""
+        return True
+
+    def noise_tensor(self, e: Perturbed, seed: int, kind: str | None = None, stream: int = DIRECTION):
+        """The dense stream of ``e`` at ``seed`` as an fp32 tensor of e's shape."""
+        n = e.param.numel()
+        z = self._source.noise(seed, e.key, 0, n, n, kind or self.noise, stream, device=e.param.device)
+        return z.view_as(e.param)
+
+    def direction_tensor(self, e: Perturbed, direction: Direction) -> torch.Tensor:
+        """Σ weight·direction(seed) for ``e``, materialised (one tensor of e's size)."""
+        n = e.param.numel()
+        return self._chunks_of(e, direction)(0, n).view_as(e.param)
+
+    def _chunks_of(self, e: Perturbed, direction: Direction):
+        """(a, b) -> fp32 elements [a, b) of Σ weight·direction(seed) for ``e``.
+
+        Dense terms are drawn chunk by chunk into one reused buffer: the returned chunk is only
+        valid until the next call, and callers may modify it in place.
+        """
+        combo = as_combo(direction)
+        n = e.param.numel()
+        terms = [(seed, w, self.direction(e, seed)) for seed, w in combo]
+        dev = e.param.device
+        bufs: list[torch.Tensor] = []
+
+        def term(seed, w, mat, a, b, i):
+            if mat is not None:
+                return mat.reshape(-1)[a:b] * w
+            if len(bufs) <= i or bufs[i].numel() < b - a:
+                bufs[i:i + 1] = [torch.empty(b - a, dtype=torch.float32, device=dev)]
+            z = self._source.fill(bufs[i][: b - a], seed, e.key, a, n, self.noise, DIRECTION)
+            return z if w == 1.0 else z.mul_(w)
+
+        def chunk(a, b):
+            out = term(*terms[0], a, b, 0)
+            for seed, w, mat in terms[1:]:
+                out.add_(term(seed, w, mat, a, b, 1))
+            return out
+
+        return chunk
+
     # ----------------------------------------------------------------- evaluation
-    def perturbation(self, seed: int, scale: float) -> FunctionalPerturbation:
-        """A context in which every forward sees θ + scale·z(seed)."""
+    def perturbation(self, direction: Direction, scale: float) -> FunctionalPerturbation:
+        """A context in which every forward sees θ + scale·d for the active parameters."""
 
         def make(e: Perturbed, dtype: torch.dtype | None) -> torch.Tensor:
-            return perturbed_copy(e.param, self._source, seed, e.key, scale, self.noise, self.chunk_size, dtype)
+            if not self.active(e):
+                return e.param if dtype is None else e.param.to(dtype)
+            return perturbed_copy(e.param, self._chunks_of(e, direction), scale, self.chunk_size, dtype)
 
         return FunctionalPerturbation(self._entries, make, self._shared, self._outside)
 
-    def evaluate(self, closure: Callable, seed: int, scale: float) -> torch.Tensor:
-        """Loss of the closure at θ + scale·z(seed), under no_grad; weights are not written."""
+    def evaluate(self, closure: Callable, direction: Direction, scale: float) -> torch.Tensor:
+        """Loss of the closure at θ + scale·d, under no_grad; weights are not written.
+        ``scale=0`` evaluates θ itself (still through the engine, so the calls are counted alike)."""
         with torch.no_grad():
-            pert = self.perturbation(seed, scale)
+            pert = self.perturbation(direction, scale)
             with pert:
                 loss = closure()
             if not self._calibrated:
                 self._calibrate(pert.visits)
                 if self._outside:  # some parameters were read outside their owner's forward
-                    with self.perturbation(seed, scale):
+                    with self.perturbation(direction, scale):
                         loss = closure()
         if not isinstance(loss, torch.Tensor):
             loss = torch.tensor(float(loss))
@@ -155,23 +225,50 @@ class ZOOptimizer(Optimizer):
         self._outside = {pid for pid in self._entries if pid not in visits}
         self._calibrated = True
 
-    def two_point(self, closure: Callable, seed: int, eps: float) -> tuple[float, float]:
-        """L(θ+εz) and L(θ−εz) as floats (one host synchronisation). Raises on NaN/inf."""
-        lp = self.evaluate(closure, seed, eps)
-        lm = self.evaluate(closure, seed, -eps)
+    def two_point(self, closure: Callable, direction: Direction, eps: float) -> tuple[float, float]:
+        """L(θ+εd) and L(θ−εd) as floats (one host synchronisation). Raises on NaN/inf."""
+        lp = self.evaluate(closure, direction, eps)
+        lm = self.evaluate(closure, direction, -eps)
         lp_f, lm_f = torch.stack([lp, lm]).tolist()
         check_finite(lp_f, lm_f, step=self.zo_step)
         return lp_f, lm_f
 
+    def spsa(self, closure: Callable, eps: float, n: int | None = None) -> tuple[list[tuple[int, float]], float]:
+        """n-SPSA: ``n`` (default ``num_directions``) two-point estimates along seeded directions.
+
+        Returns ``[(seed_j, g_j)]`` with g_j = (L(θ+εz_j) − L(θ−εz_j)) / 2ε, and the mean of all
+        2n losses. The estimate is ĝ = (1/n) Σ g_j z_j, i.e. the direction ``[(seed_j, g_j / n)]``.
+        """
+        n = self.num_directions if n is None else n
+        base = self.step_seed()
+        estimates, total = [], 0.0
+        for j in range(n):
+            seed = base if j == 0 else mix(base, j)
+            lp, lm = self.two_point(closure, seed, eps)
+            estimates.append((seed, (lp - lm) / (2 * eps)))
+            total += lp + lm
+        return estimates, total / (2 * n)
+
     # ----------------------------------------------------------------- update
-    def apply(self, group: dict, seed: int, coef: float, decay: float = 1.0) -> None:
-        """θ ← decay·θ + coef·z(seed) for every trainable parameter of ``group``."""
+    def apply(self, group: dict, direction: Direction, coef: float, decay: float = 1.0) -> None:
+        """θ ← decay·θ + coef·d for every active trainable parameter of ``group``; d is streamed
+        chunk by chunk, never materialised."""
         with _defer_sigint():
             for e in self.trainable(group):
-                apply_update_(
-                    e.param, self._source, seed, e.key, coef, self.noise, self.chunk_size,
-                    decay=decay, master=self._master(e.param), stochastic=self.stochastic_rounding,
-                )
+                if not self.active(e):
+                    continue
+                chunks = self._chunks_of(e, direction)
+                self._write(e, lambda a, b: chunks(a, b).mul_(coef), decay)
+
+    def add_(self, e: Perturbed, delta: torch.Tensor, decay: float = 1.0) -> None:
+        """θ ← decay·θ + delta for one parameter, with a materialised fp32 ``delta``."""
+        flat = delta.reshape(-1)
+        with _defer_sigint():
+            self._write(e, lambda a, b: flat[a:b], decay)
+
+    def _write(self, e: Perturbed, delta, decay: float) -> None:
+        rounding = (self._source, self.step_seed(), e.key) if self.stochastic_rounding else None
+        update_(e.param, delta, self.chunk_size, decay, self._master(e.param), rounding)
 
     def _master(self, p: torch.Tensor) -> torch.Tensor | None:
         if not self.master_weights or p.dtype == torch.float32:
@@ -198,7 +295,7 @@ class ZOOptimizer(Optimizer):
     def state_dict(self):
         sd = super().state_dict()
         sd["zo"] = {"step": self.zo_step, "seed": self.seed, "noise": self.noise,
-                    "last_projected_grad": self.last_projected_grad}
+                    "last_projected_grad": self.last_projected_grad, "extra": self.extra_state()}
         return sd
 
     def load_state_dict(self, state_dict):
@@ -216,6 +313,21 @@ class ZOOptimizer(Optimizer):
         self.seed = int(zo["seed"])
         self.noise = zo["noise"]
         self.last_projected_grad = float(zo["last_projected_grad"])
+        self.load_extra_state(zo.get("extra") or {})
+
+    def extra_state(self) -> dict:
+        """Method state that is not per-parameter (scalars, seeds); saved in ``state_dict()``."""
+        return {}
+
+    def load_extra_state(self, extra: dict) -> None:
+        """Restore what ``extra_state`` returned."""
+
+
+def as_combo(direction: Direction) -> tuple[tuple[int, float], ...]:
+    """Normalise a direction to ((seed, weight), ...)."""
+    if isinstance(direction, int):
+        return ((direction, 1.0),)
+    return tuple((int(s), float(w)) for s, w in direction)
 
 
 def check_finite(*losses: float, step: int) -> None:

@@ -6,7 +6,8 @@ Malladi et al., "Fine-Tuning Language Models with Just Forward Passes", NeurIPS 
     g = (L(θ + εz) − L(θ − εz)) / (2ε)          # two forward passes, a scalar
     θ ← θ − lr · (g·z + λ·θ)                     # one fused pass, z regenerated from the seed
 
-Forward passes per step: 2. State: none beyond the step counter (O(1) memory), plus an fp32
+With ``num_directions=n`` (n-SPSA) g·z is averaged over n seeded directions (2n forward passes).
+Forward passes per step: 2 (2n). State: none beyond the step counter (O(1) memory), plus an fp32
 master copy only if ``master_weights=True`` for half-precision parameters.
 Defaults follow the paper's full-parameter setting (ε = 1e-3; lr 1e-6..1e-7 for OPT-13B, larger
 for small models).
@@ -25,8 +26,6 @@ class MeZO(ZOOptimizer):
     The returned loss is the mean of the two perturbed losses, an O(ε²) estimate of L(θ).
     """
 
-    forward_passes = 2
-
     def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, weight_decay: float = 0.0, **engine):
         if lr < 0:
             raise ValueError(f"lr must be >= 0, got {lr}")
@@ -43,11 +42,10 @@ class MeZO(ZOOptimizer):
         eps = self.param_groups[0]["eps"]
         if any(g["eps"] != eps for g in self.param_groups):
             raise ValueError("MeZO uses one eps for all parameter groups; set eps on the optimizer")
-        seed = self.step_seed()
-        lp, lm = self.two_point(closure, seed, eps)
-        g = (lp - lm) / (2 * eps)
+        estimates, loss = self.spsa(closure, eps)  # [(seed_j, g_j)], n = num_directions
+        n = len(estimates)
         for group in self.param_groups:
             lr, wd = group["lr"], group["weight_decay"]
-            self.apply(group, seed, coef=-lr * g, decay=1.0 - lr * wd)
-        self.finish_step(g)
-        return torch.tensor((lp + lm) / 2)
+            self.apply(group, estimates, coef=-lr / n, decay=1.0 - lr * wd)
+        self.finish_step(sum(g for _, g in estimates) / n)
+        return torch.tensor(loss)
