@@ -68,6 +68,13 @@ class ZOOptimizer(Optimizer):
             and round it to nearest into the parameter after each update.
         num_directions: n of n-SPSA: average the two-point estimate over n directions (2n
             forward passes per step).
+        query_schedule: AdaZeta's adaptive number of queries (Yang et al., "AdaZeta: Adaptive
+            Zeroth-Order Tensor-Train Adaption for Memory-Efficient LLM Fine-Tuning", EMNLP 2024,
+            arXiv 2406.18060): ``(alpha, beta, q_max)`` makes step t use
+            n_t = min(ceil(alpha·(t+1)^beta), q_max) directions instead of ``num_directions``.
+            Growing n_t shrinks the estimator's variance as training converges, which the paper
+            shows prevents the late divergence of fixed-query ZO. The schedule's form is the
+            paper's sublinear growth; its constants are the user's (no published defaults).
 
     Subclasses change the directions by overriding ``direction`` (a materialised direction for a
     parameter, e.g. low-rank) and ``active`` (which parameters a step perturbs and updates).
@@ -75,8 +82,15 @@ class ZOOptimizer(Optimizer):
 
     @property
     def forward_passes(self) -> int:
-        """Closure calls per step (two-point methods: 2 per direction); subclasses override."""
-        return 2 * self.num_directions
+        """Closure calls of the next step (two-point methods: 2 per direction); subclasses override."""
+        return 2 * self.directions_now()
+
+    def directions_now(self) -> int:
+        """Directions the next step averages: ``num_directions``, or AdaZeta's schedule."""
+        if self.query_schedule is None:
+            return self.num_directions
+        alpha, beta, q_max = self.query_schedule
+        return max(1, min(math.ceil(alpha * (self.zo_step + 1) ** beta), int(q_max)))
 
     def __init__(
         self,
@@ -89,9 +103,15 @@ class ZOOptimizer(Optimizer):
         stochastic_rounding: bool = True,
         master_weights: bool = False,
         num_directions: int = 1,
+        query_schedule: tuple[float, float, int] | None = None,
     ):
         if num_directions < 1:
             raise ValueError(f"num_directions must be >= 1, got {num_directions}")
+        if query_schedule is not None:
+            if len(query_schedule) != 3 or query_schedule[0] <= 0 or query_schedule[1] < 0 or query_schedule[2] < 1:
+                raise ValueError("query_schedule must be (alpha > 0, beta >= 0, q_max >= 1), "
+                                 f"got {query_schedule!r}")
+            query_schedule = (float(query_schedule[0]), float(query_schedule[1]), int(query_schedule[2]))
         if noise not in NOISE_KINDS:
             raise ValueError(f"unknown noise {noise!r}; choose one of {NOISE_KINDS}")
         if chunk_size < 1:
@@ -103,6 +123,7 @@ class ZOOptimizer(Optimizer):
         self.stochastic_rounding = stochastic_rounding
         self.master_weights = master_weights
         self.num_directions = int(num_directions)
+        self.query_schedule = query_schedule
         self.zo_step = 0  # number of completed steps
         self.last_projected_grad = float("nan")
         self._source = NoiseSource()
@@ -234,12 +255,12 @@ class ZOOptimizer(Optimizer):
         return lp_f, lm_f
 
     def spsa(self, closure: Callable, eps: float, n: int | None = None) -> tuple[list[tuple[int, float]], float]:
-        """n-SPSA: ``n`` (default ``num_directions``) two-point estimates along seeded directions.
+        """n-SPSA: ``n`` (default ``directions_now()``) two-point estimates along seeded directions.
 
         Returns ``[(seed_j, g_j)]`` with g_j = (L(θ+εz_j) − L(θ−εz_j)) / 2ε, and the mean of all
         2n losses. The estimate is ĝ = (1/n) Σ g_j z_j, i.e. the direction ``[(seed_j, g_j / n)]``.
         """
-        n = self.num_directions if n is None else n
+        n = self.directions_now() if n is None else n
         base = self.step_seed()
         estimates, total = [], 0.0
         for j in range(n):
