@@ -20,7 +20,7 @@ def least_squares(d: int = 20, n: int = 128, seed: int = 0):
     model = torch.nn.Linear(d, 1, bias=False)
     with torch.no_grad():
         model.weight.zero_()
-    return model, lambda: ((model(X) - X @ w) ** 2).mean()
+    return model, lambda: ((model(X.to(model.weight.dtype)).float() - X @ w) ** 2).mean()
 
 
 def mlp(seed: int = 0, n: int = 128):
@@ -32,7 +32,7 @@ def mlp(seed: int = 0, n: int = 128):
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return model, lambda: ((model(X) - y) ** 2).mean()
+    return model, lambda: ((model(X.to(model[0].weight.dtype)).float() - y) ** 2).mean()
 
 
 PROBLEMS = {"least_squares": least_squares, "mlp": mlp}
@@ -113,14 +113,15 @@ def check_forward_count(make, steps: int = 3, problem: str = "mlp"):
 
 
 def check_noop_and_exceptions(make_noop, make, problem: str = "mlp"):
-    """lr = 0 steps leave weights bit-identical (fp32 and bf16); a raising closure changes nothing."""
+    """lr = 0 steps leave weights bit-identical (fp32 and bf16); a raising closure changes nothing.
+    The problems' closures cast their inputs to the model's dtype, so ``model.to(bf16)`` works."""
     for dtype in (torch.float32, torch.bfloat16):
         model, closure = PROBLEMS[problem]()
         model.to(dtype)
         before = flat(model)
         opt = make_noop(model.named_parameters())
         for _ in range(20):
-            opt.step(lambda: closure().float())
+            opt.step(closure)
         assert torch.equal(flat(model), before), f"lr=0 changed weights in {dtype}"
 
     model, closure = PROBLEMS[problem]()
