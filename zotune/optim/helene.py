@@ -20,7 +20,7 @@ Choices that are ours (assumptions where the paper could not be read):
   (empirical-Fisher) diagonal that costs no extra forward pass. Because it is free, the default
   refresh interval is k = 1 (Sophia, whose GNB estimator HELENE adapts, uses k = 10 because its
   estimate costs a backward pass).
-- Layer-wise clipping: each layer's diagonal is clipped from below at γ·mean(h_l), so no
+- Layer-wise clipping: each layer's diagonal is clipped from below at its mean, mean(H_l), so no
   coordinate of a layer gets a larger step than the layer's average curvature allows (ZO
   estimates of tiny curvatures are mostly noise), and at the absolute floor λ, so steps stay
   bounded (≤ lr·|m|/λ) as the gradient, and with it h, vanishes near a minimum. The paper's λ_l
