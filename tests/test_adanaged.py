@@ -77,7 +77,8 @@ def run(opt_factory, scale, steps):
 
 def test_scale_free_where_mezo_is_not():
     """Gradient scales 1 and 10⁴: AdaNAGED's defaults reach < 1% of the start loss on both; MeZO with
-    lr = 5e-3 (converging on scale 1) diverges on the ×10⁴ problem."""
+    lr = 5e-3 (converging on scale 1) diverges on the ×10⁴ problem, and lr = 5e-7 (which suits ×10⁴)
+    barely moves on scale 1."""
     for scale in (1.0, 100.0):
         start, end = run(lambda p: AdaNAGED(p), scale, 400)
         assert end < 0.01 * start, (scale, start, end)
@@ -85,6 +86,8 @@ def test_scale_free_where_mezo_is_not():
     assert end < 0.05 * start
     start, end = run(lambda p: MeZO(p, lr=5e-3), 100.0, 400)
     assert not end < start  # inf (NonFiniteLossError) or larger than at the start
+    start, end = run(lambda p: MeZO(p, lr=5e-7), 1.0, 400)  # the lr that suits ×10⁴ barely moves ×1
+    assert end > 0.99 * start
 
 
 def test_loss_scale_does_not_change_the_trajectory():
