@@ -343,3 +343,31 @@ def test_bad_arguments_are_clear_errors():
         p.requires_grad_(False)
     with pytest.raises(ValueError, match="requires_grad"):
         MeZO(model.parameters())
+
+
+def test_ctrl_c_during_update_finishes_the_step_then_interrupts():
+    import os
+    import signal
+
+    class Interrupted(MeZO):
+        sent = False
+
+        def direction(self, e, seed):
+            if self._sigint.previous is not None and not self.sent:  # inside the update pass
+                self.sent = True
+                os.kill(os.getpid(), signal.SIGINT)
+            return None
+
+    ref, got = big_model(), big_model()
+    x = torch.randn(16, 300, generator=torch.Generator().manual_seed(1))
+    for model, cls in ((ref, MeZO), (got, Interrupted)):
+        opt = cls(model.named_parameters(), lr=1e-2)
+        try:
+            opt.step(lambda: model(x).sum())
+        except KeyboardInterrupt:
+            assert cls is Interrupted and opt.sent
+        else:
+            assert cls is MeZO
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    for a, b in zip(ref.parameters(), got.parameters()):  # every parameter was updated
+        assert torch.equal(a, b)

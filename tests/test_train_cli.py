@@ -144,3 +144,21 @@ def test_demo_writes_runs_demo_and_may_overwrite(tmp_path, monkeypatch, capsys):
     table = capsys.readouterr().out
     for row in ("zero-shot test accuracy", "fine-tuned test accuracy", "steps", "wall time", "peak memory"):
         assert row in table
+
+
+ZO_METHODS = sorted(n for n, (_, _, zo) in __import__("zotune.optim", fromlist=["OPTIMIZERS"]).OPTIMIZERS.items() if zo)
+
+
+@pytest.mark.parametrize("name", ZO_METHODS)
+def test_every_zo_method_trains_through_the_cli(tmp_path, name, capsys):
+    """`zotune train --optimizer NAME` accepts each method with its own defaults (lr unset) and
+    the closure calls the harness counts equal the method's stated forward passes."""
+    from zotune.optim import available
+
+    assert name in available(), f"{name} is registered but its module is missing"
+    out = tmp_path / name
+    extra = ["--opt", "fo_params=norm"] if name == "hybrid-zo" else []
+    assert _train(out, "--optimizer", name, "--steps", "2", "--eval-every", "0", "--test-examples", "8", *extra) == 0
+    res = _results(out)
+    assert res["steps"] == 2 and res["stopped"] is None and res["zeroth_order"]
+    assert res["train_forward_passes"] >= 2

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from zotune.config import FIELDS, HELP, TrainConfig, _base_type, known_optimizers, load_config, merge
+from zotune.config import DEMO_LR, FIELDS, HELP, TrainConfig, _base_type, known_optimizers, load_config, merge
 
 EXIT_USAGE = 2
 EXIT_NONFINITE = 1
@@ -130,6 +130,8 @@ def _cmd_train(args, demo: bool = False) -> int:
     cfg = _config_from_args(args)
     if demo and cfg.out is None:
         cfg = dataclasses.replace(cfg, out=os.path.join("runs", "demo"))
+    if demo and cfg.lr is None and cfg.optimizer == "mezo":
+        cfg = dataclasses.replace(cfg, lr=DEMO_LR)
     results = train(cfg, overwrite=args.overwrite or demo, progress=not args.no_progress)
     print(_summary_table(results, results["out"]))
     if results.get("stopped"):

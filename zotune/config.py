@@ -22,6 +22,7 @@ import yaml
 
 from zotune.rng import NOISE_KINDS
 
+DEMO_LR = 3e-5  # measured for the README demo (MeZO, SmolLM2, 400 steps)
 DTYPES = ("fp32", "bf16", "fp16")
 AUTOCASTS = ("bf16",)  # or None: no autocast
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
@@ -31,18 +32,20 @@ DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 class TrainConfig:
     """Everything that defines a fine-tuning run.
 
-    The defaults are the README demo: SmolLM2-135M on the packaged SST-2 sample with MeZO,
-    sized to finish in well under 20 minutes on 2 CPU cores.
+    The defaults are the README demo (SmolLM2-135M on the packaged SST-2 sample with MeZO, sized
+    to finish in under 20 minutes on 2 CPU cores) except ``lr``: unset hyperparameters (None) take
+    the optimizer's own defaults, and ``zotune demo`` adds ``DEMO_LR``. Parameter-free methods
+    (AdaNAGED) take no lr or eps at all.
     """
 
     model: str = "smollm2"
     task: str = "sst2"
     data_dir: str | None = None
     optimizer: str = "mezo"
-    lr: float = 3e-5
-    eps: float = 1e-3
+    lr: float | None = None
+    eps: float | None = None
     noise: str = "rademacher"
-    weight_decay: float = 0.0
+    weight_decay: float | None = None
     steps: int = 400
     batch_size: int = 16
     eval_every: int = 100
@@ -68,11 +71,11 @@ HELP = {
     'task': 'task name, e.g. sst2',
     'data_dir': "folder with the task's data files; 'none' uses the data packaged with zotune",
     'optimizer': 'optimizer name (see zotune.optim.OPTIMIZERS)',
-    'lr': 'learning rate',
-    'eps': 'perturbation scale of zeroth-order optimizers (ignored by first-order ones)',
+    'lr': "learning rate (unset: the optimizer's default; `zotune demo` uses 3e-5)",
+    'eps': "perturbation scale of zeroth-order optimizers (unset: the optimizer's default, 1e-3 for MeZO)",
     'noise': "direction distribution of zeroth-order optimizers: 'rademacher' (±1, cheap to draw on a "
              "CPU) or 'gaussian' (MeZO's N(0, I)); both have E[zz^T] = I",
-    'weight_decay': 'weight decay',
+    'weight_decay': "weight decay (unset: the optimizer's default)",
     'steps': 'number of optimizer steps',
     'batch_size': 'training examples per step',
     'eval_every': 'evaluate on dev every this many steps (0: only at the end)',
@@ -238,11 +241,11 @@ def validate(config: TrainConfig) -> None:
         problems.append(f"steps must be >= 1 (got {c.steps}); set --steps to the number of optimizer steps")
     if c.batch_size < 1:
         problems.append(f"batch_size must be >= 1 (got {c.batch_size}); use e.g. --batch-size 16")
-    if c.lr < 0:
+    if c.lr is not None and c.lr < 0:
         problems.append(f"lr must be >= 0 (got {c.lr}); a learning rate is a positive step size, e.g. --lr 1e-6")
-    if c.eps <= 0:
+    if c.eps is not None and c.eps <= 0:
         problems.append(f"eps must be > 0 (got {c.eps}); it is the perturbation scale, e.g. --eps 1e-3")
-    if c.weight_decay < 0:
+    if c.weight_decay is not None and c.weight_decay < 0:
         problems.append(f"weight_decay must be >= 0 (got {c.weight_decay})")
     if c.eval_every < 0:
         problems.append(f"eval_every must be >= 0 (got {c.eval_every}); 0 evaluates only at the end")

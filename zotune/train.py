@@ -103,7 +103,7 @@ def _build_optimizer(config: TrainConfig, named_params: list[tuple[str, torch.nn
     if OPTIMIZERS[config.optimizer][2]:  # zeroth-order
         hp.update(eps=config.eps, seed=config.seed, noise=config.noise)
     hp.update(config.optimizer_kwargs)
-    return build_optimizer(config.optimizer, named_params, **hp)
+    return build_optimizer(config.optimizer, named_params, **hp)  # None values: method defaults
 
 
 # --------------------------------------------------------------------------- parameters and weights
@@ -320,13 +320,13 @@ def train(config: TrainConfig, overwrite: bool = False, progress: bool = True) -
             bar.set_postfix(loss=f"{loss_val:.4f}", refresh=False)
             record = None
             if step % config.log_every == 0 or step == config.steps:
-                record = {"step": step, "loss": loss_val, "lr": opt.param_groups[0]["lr"],
+                record = {"step": step, "loss": loss_val, "lr": opt.param_groups[0].get("lr"),
                           "elapsed": round(time.perf_counter() - t_loop, 3)}
             if (config.eval_every and step % config.eval_every == 0) or step == config.steps:
                 last_dev = eval_on(dev_ex)["accuracy"]
                 if best_dev is None or last_dev > best_dev:
                     best_dev, best_step = last_dev, step
-                record = record or {"step": step, "loss": loss_val, "lr": opt.param_groups[0]["lr"]}
+                record = record or {"step": step, "loss": loss_val, "lr": opt.param_groups[0].get("lr")}
                 record.update(dev_accuracy=last_dev, elapsed=round(time.perf_counter() - t_loop, 3))
                 bar.write(f"step {step}: loss {loss_val:.4f}, dev accuracy {last_dev:.4f}")
             if record is not None:

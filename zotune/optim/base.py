@@ -17,10 +17,10 @@ scalar losses. This base class provides, for every method:
 
 from __future__ import annotations
 
+import functools
 import math
 import signal
 import threading
-from contextlib import contextmanager
 from typing import Callable
 
 import torch
@@ -40,20 +40,41 @@ class NonFiniteLossError(FloatingPointError):
     """A loss evaluated inside a ZO step was NaN or infinite; no weight was changed."""
 
 
-@contextmanager
-def _defer_sigint():
-    """Hold Ctrl-C until the block ends, so an update pass is never left half-applied."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught = []
-    previous = signal.signal(signal.SIGINT, lambda *a: caught.append(a))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if caught:
+class _SigintHold:
+    """Holds Ctrl-C from a step's first weight write until the step returns, so an interrupt can
+    stop a step during its forward passes but never leave its update half-applied."""
+
+    def __init__(self):
+        self.previous = None
+        self.caught = False
+
+    def hold(self) -> None:
+        if self.previous is not None or threading.current_thread() is not threading.main_thread():
+            return
+        self.caught = False
+        self.previous = signal.signal(signal.SIGINT, self._catch)
+
+    def _catch(self, *args) -> None:
+        self.caught = True
+
+    def release(self) -> None:
+        if self.previous is None:
+            return
+        signal.signal(signal.SIGINT, self.previous)
+        self.previous = None
+        if self.caught:
             raise KeyboardInterrupt
+
+
+def _releasing_sigint(step):
+    @functools.wraps(step)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return step(self, *args, **kwargs)
+        finally:
+            self._sigint.release()
+
+    return wrapper
 
 
 class ZOOptimizer(Optimizer):
@@ -79,6 +100,11 @@ class ZOOptimizer(Optimizer):
     Subclasses change the directions by overriding ``direction`` (a materialised direction for a
     parameter, e.g. low-rank) and ``active`` (which parameters a step perturbs and updates).
     """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "step" in cls.__dict__:  # every method's step releases the Ctrl-C hold on exit
+            cls.step = _releasing_sigint(cls.__dict__["step"])
 
     @property
     def forward_passes(self) -> int:
@@ -127,6 +153,7 @@ class ZOOptimizer(Optimizer):
         self.zo_step = 0  # number of completed steps
         self.last_projected_grad = float("nan")
         self._source = NoiseSource()
+        self._sigint = _SigintHold()
         self._entries = self._collect_entries()
         self._shared: set[int] = set()
         self._outside: set[int] = set()
@@ -226,8 +253,10 @@ class ZOOptimizer(Optimizer):
 
     def evaluate(self, closure: Callable, direction: Direction, scale: float) -> torch.Tensor:
         """Loss of the closure at θ + scale·d, under no_grad; weights are not written.
-        ``scale=0`` evaluates θ itself (still through the engine, so the calls are counted alike)."""
+        ``scale=0`` evaluates θ itself, with no perturbed copies built."""
         with torch.no_grad():
+            if scale == 0:
+                return _as_loss(closure())
             pert = self.perturbation(direction, scale)
             with pert:
                 loss = closure()
@@ -236,9 +265,7 @@ class ZOOptimizer(Optimizer):
                 if self._outside:  # some parameters were read outside their owner's forward
                     with self.perturbation(direction, scale):
                         loss = closure()
-        if not isinstance(loss, torch.Tensor):
-            loss = torch.tensor(float(loss))
-        return loss.detach().float()
+        return _as_loss(loss)
 
     def _calibrate(self, visits: dict[int, int]) -> None:
         """Learn from the first perturbed forward which parameters are tied or read elsewhere."""
@@ -274,20 +301,19 @@ class ZOOptimizer(Optimizer):
     def apply(self, group: dict, direction: Direction, coef: float, decay: float = 1.0) -> None:
         """θ ← decay·θ + coef·d for every active trainable parameter of ``group``; d is streamed
         chunk by chunk, never materialised."""
-        with _defer_sigint():
-            for e in self.trainable(group):
-                if not self.active(e):
-                    continue
-                chunks = self._chunks_of(e, direction)
-                self._write(e, lambda a, b: chunks(a, b).mul_(coef), decay)
+        for e in self.trainable(group):
+            if not self.active(e):
+                continue
+            chunks = self._chunks_of(e, direction)
+            self._write(e, lambda a, b: chunks(a, b).mul_(coef), decay)
 
     def add_(self, e: Perturbed, delta: torch.Tensor, decay: float = 1.0) -> None:
         """θ ← decay·θ + delta for one parameter, with a materialised fp32 ``delta``."""
         flat = delta.reshape(-1)
-        with _defer_sigint():
-            self._write(e, lambda a, b: flat[a:b], decay)
+        self._write(e, lambda a, b: flat[a:b], decay)
 
     def _write(self, e: Perturbed, delta, decay: float) -> None:
+        self._sigint.hold()  # from the first write to the end of the step
         rounding = (self._source, self.step_seed(), e.key) if self.stochastic_rounding else None
         update_(e.param, delta, self.chunk_size, decay, self._master(e.param), rounding)
 
@@ -342,6 +368,10 @@ class ZOOptimizer(Optimizer):
 
     def load_extra_state(self, extra: dict) -> None:
         """Restore what ``extra_state`` returned."""
+
+
+def _as_loss(loss) -> torch.Tensor:
+    return loss.detach().float() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
 
 
 def as_combo(direction: Direction) -> tuple[tuple[int, float], ...]:

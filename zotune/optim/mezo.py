@@ -38,10 +38,10 @@ class MeZO(ZOOptimizer):
     @torch.no_grad()
     def step(self, closure):
         if closure is None:
-            raise ValueError("MeZO.step needs a closure that runs a forward pass and returns the loss")
+            raise ValueError(f"{type(self).__name__}.step needs a closure that runs a forward pass and returns the loss")
         eps = self.param_groups[0]["eps"]
         if any(g["eps"] != eps for g in self.param_groups):
-            raise ValueError("MeZO uses one eps for all parameter groups; set eps on the optimizer")
+            raise ValueError(f"{type(self).__name__} uses one eps for all parameter groups; set eps on the optimizer")
         estimates, loss = self.spsa(closure, eps)  # [(seed_j, g_j)], n = num_directions
         n = len(estimates)
         for group in self.param_groups:
