@@ -23,7 +23,7 @@ def factory(cls, lr, **fixed):
 
 
 # factory, {problem: (steps, lr, wanted loss factor)}, state per parameter in fp32 units.
-# Measured (seed 0): see docs/methods/*.md; the factors leave about 1.5x headroom.
+# Measured (seed 0): see docs/methods.md; the factors leave about 1.5x headroom.
 METHODS = {
     "mezo-gv": (factory(MeZOGV, 1e-2), {"least_squares": (100, 1e-2, 0.1), "mlp": (100, 2e-2, 0.3)}, 0),
     "mezo-greedy": (factory(MeZOGreedy, 1e-2), {"least_squares": (100, 2e-2, 0.1), "mlp": (100, 2e-2, 0.35)}, 0),

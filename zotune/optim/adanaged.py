@@ -5,7 +5,7 @@ Source: Bystrov, Medyakov, Bylinkin, Beznosikov, "Zero-order Parameter-free Opti
 LMO-based Methods: Novel Approach for Efficient Fine-tuning" (arXiv 2606.14970). Only the abstract
 was available: ZO estimates + parameter-free (PF) step size and smoothing + per-block LMO geometry.
 The algorithm box, the norms, the PF rules and the meaning of "NAG" were NOT available, so the rule
-below is a reconstruction (docs/methods/adanaged.md; /work/shared/research/algorithms.md §1.4) from
+below is a reconstruction (docs/methods.md, section AdaNAGED; the research digest, algorithms.md §1.4) from
 JAGUAR/ZO-Muon (arXiv 2506.04430), uSCG/Scion LMOs (arXiv 2502.07529) and DoG (arXiv 2302.12022).
 
 Per step t, with τ_t the smoothing radius and z(s) the seeded directions (n-SPSA: n of them):
