@@ -5,7 +5,7 @@ defining property."""
 import pytest
 import torch
 from method_checks import (PROBLEMS, check_converges, check_forward_count, check_noop_and_exceptions,
-                           check_resume, check_same_seed, check_state_bytes, flat)
+                           check_resume, check_same_seed, check_state_bytes)
 
 from zotune.optim.block_zo import BlockZO
 from zotune.optim.lezo import LeZO, block_label

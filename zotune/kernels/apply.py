@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from zotune.kernels.rounding import stochastic_round
-from zotune.rng import DIRECTION, ROUNDING, NoiseSource
+from zotune.rng import ROUNDING, NoiseSource
 
 HALF = (torch.float16, torch.bfloat16)
 

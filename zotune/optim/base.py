@@ -281,6 +281,13 @@ class ZOOptimizer(Optimizer):
         check_finite(lp_f, lm_f, step=self.zo_step)
         return lp_f, lm_f
 
+    def shared_eps(self) -> float:
+        """The perturbation radius: one direction spans every group, so all groups share one eps."""
+        eps = self.param_groups[0]["eps"]
+        if any(g["eps"] != eps for g in self.param_groups):
+            raise ValueError(f"{type(self).__name__} uses one eps for all parameter groups; set eps on the optimizer")
+        return eps
+
     def spsa(self, closure: Callable, eps: float, n: int | None = None) -> tuple[list[tuple[int, float]], float]:
         """n-SPSA: ``n`` (default ``directions_now()``) two-point estimates along seeded directions.
 
@@ -368,6 +375,16 @@ class ZOOptimizer(Optimizer):
 
     def load_extra_state(self, extra: dict) -> None:
         """Restore what ``extra_state`` returned."""
+
+
+def check_hparams(lr: float | None = None, eps: float | None = None, weight_decay: float | None = None) -> None:
+    """The hyperparameter checks the methods share (None: the method does not take it)."""
+    if lr is not None and lr < 0:
+        raise ValueError(f"lr must be >= 0, got {lr}")
+    if eps is not None and eps <= 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    if weight_decay is not None and weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
 
 
 def _as_loss(loss) -> torch.Tensor:

@@ -83,9 +83,7 @@ class BlockZO(MeZO):
     def step(self, closure):
         if closure is None:
             raise ValueError("BlockZO.step needs a closure that runs a forward pass and returns the loss")
-        eps = self.param_groups[0]["eps"]
-        if any(g["eps"] != eps for g in self.param_groups):
-            raise ValueError("BlockZO uses one eps for all parameter groups; set eps on the optimizer")
+        eps = self.shared_eps()
         estimates, losses = [], []
         try:
             for b in self._visit():  # all losses first: nothing is written until they are known

@@ -35,7 +35,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from zotune.optim.base import ZOOptimizer, check_finite
+from zotune.optim.base import ZOOptimizer, check_finite, check_hparams
 from zotune.perturb import FunctionalPerturbation, Perturbed
 from zotune.rng import mix
 
@@ -49,10 +49,7 @@ class ForwardGrad(ZOOptimizer):
         return super().forward_passes // 2  # one JVP per direction
 
     def __init__(self, params, lr: float = 1e-6, weight_decay: float = 0.0, eps: float | None = None, **engine):
-        if lr < 0:
-            raise ValueError(f"lr must be >= 0, got {lr}")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        check_hparams(lr=lr, weight_decay=weight_decay)
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay), **engine)
 
     def active(self, e: Perturbed) -> bool:

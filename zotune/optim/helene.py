@@ -42,7 +42,7 @@ import math
 
 import torch
 
-from zotune.optim.base import ZOOptimizer
+from zotune.optim.base import ZOOptimizer, check_hparams
 
 _BUFFERS = ("m", "h")
 
@@ -54,10 +54,7 @@ class HELENE(ZOOptimizer):
     def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, betas: tuple[float, float] = (0.9, 0.99),
                  anneal_steps: float = 1000.0, hessian_interval: int = 1, gamma: float = 1.0,
                  floor: float = 1e-8, weight_decay: float = 0.0, **engine):
-        if lr < 0:
-            raise ValueError(f"lr must be >= 0, got {lr}")
-        if eps <= 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
+        check_hparams(lr, eps, weight_decay)
         if not all(0.0 <= b < 1.0 for b in betas) or len(betas) != 2:
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
         if anneal_steps <= 0:
@@ -68,8 +65,6 @@ class HELENE(ZOOptimizer):
             raise ValueError(f"gamma must be > 0, got {gamma}")
         if floor <= 0:
             raise ValueError(f"floor must be > 0 (it bounds the step), got {floor}")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
         defaults = dict(lr=lr, eps=eps, betas=tuple(betas), anneal_steps=anneal_steps,
                         hessian_interval=int(hessian_interval), gamma=gamma, floor=floor,
                         weight_decay=weight_decay)
@@ -79,9 +74,7 @@ class HELENE(ZOOptimizer):
     def step(self, closure):
         if closure is None:
             raise ValueError("HELENE.step needs a closure that runs a forward pass and returns the loss")
-        eps = self.param_groups[0]["eps"]
-        if any(g["eps"] != eps for g in self.param_groups):
-            raise ValueError("HELENE uses one eps for all parameter groups; set eps on the optimizer")
+        eps = self.shared_eps()
         estimates, loss = self.spsa(closure, eps)  # raises before any state or weight changes
         n = len(estimates)
         grad_dir = [(s, g / n) for s, g in estimates]

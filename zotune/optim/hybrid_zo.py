@@ -33,7 +33,7 @@ import re
 
 import torch
 
-from zotune.optim.base import NonFiniteLossError, ZOOptimizer
+from zotune.optim.base import NonFiniteLossError, ZOOptimizer, check_hparams
 from zotune.perturb import Perturbed
 
 DEFAULT_FO = r"(^|\.)(norm|final_layer_norm|lm_head|score|classifier)\."
@@ -49,12 +49,9 @@ class HybridZO(ZOOptimizer):
 
     def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, weight_decay: float = 0.0,
                  fo_params: str = DEFAULT_FO, fo_lr: float | None = None, **engine):
-        if lr < 0 or (fo_lr is not None and fo_lr < 0):
-            raise ValueError(f"lr and fo_lr must be >= 0, got {lr}, {fo_lr}")
-        if eps <= 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        check_hparams(lr, eps, weight_decay)
+        if fo_lr is not None and fo_lr < 0:
+            raise ValueError(f"fo_lr must be >= 0, got {fo_lr}")
         try:
             pattern = re.compile(fo_params)
         except re.error as err:
@@ -104,9 +101,7 @@ class HybridZO(ZOOptimizer):
     def step(self, closure):
         if closure is None:
             raise ValueError("HybridZO.step needs a closure that runs a forward pass and returns the loss")
-        eps = self.param_groups[0]["eps"]
-        if any(g["eps"] != eps for g in self.param_groups):
-            raise ValueError("HybridZO uses one eps for all parameter groups; set eps on the optimizer")
+        eps = self.shared_eps()
         estimates = self.spsa(closure, eps)[0] if self._has_zo else []
         loss, fo = self._fo_gradient(closure)  # every loss is known before any weight is written
         n = max(len(estimates), 1)

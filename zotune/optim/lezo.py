@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import random
 
-import torch
-
 from zotune.optim.mezo import MeZO
 from zotune.perturb import Perturbed
 from zotune.rng import mix

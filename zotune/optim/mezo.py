@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from zotune.optim.base import ZOOptimizer
+from zotune.optim.base import ZOOptimizer, check_hparams
 
 
 class MeZO(ZOOptimizer):
@@ -27,21 +27,14 @@ class MeZO(ZOOptimizer):
     """
 
     def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, weight_decay: float = 0.0, **engine):
-        if lr < 0:
-            raise ValueError(f"lr must be >= 0, got {lr}")
-        if eps <= 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        check_hparams(lr, eps, weight_decay)
         super().__init__(params, dict(lr=lr, eps=eps, weight_decay=weight_decay), **engine)
 
     @torch.no_grad()
     def step(self, closure):
         if closure is None:
             raise ValueError(f"{type(self).__name__}.step needs a closure that runs a forward pass and returns the loss")
-        eps = self.param_groups[0]["eps"]
-        if any(g["eps"] != eps for g in self.param_groups):
-            raise ValueError(f"{type(self).__name__} uses one eps for all parameter groups; set eps on the optimizer")
+        eps = self.shared_eps()
         estimates, loss = self.spsa(closure, eps)  # [(seed_j, g_j)], n = num_directions
         n = len(estimates)
         for group in self.param_groups:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 
 from zotune.optim.base import ZOOptimizer, check_finite
-from zotune.optim.mezo_gv import check_pool_args, pool_losses, pool_seeds, single_eps
+from zotune.optim.mezo_gv import check_pool_args, pool_losses, pool_seeds
 
 
 class MeZOGreedy(ZOOptimizer):
@@ -57,7 +57,7 @@ class MeZOGreedy(ZOOptimizer):
     def step(self, closure):
         if closure is None:
             raise ValueError("MeZOGreedy.step needs a closure that runs a forward pass and returns the loss")
-        eps = single_eps(self)
+        eps = self.shared_eps()
         size = self.param_groups[0]["pool_size"]
         if any(g["pool_size"] != size for g in self.param_groups):
             raise ValueError("MeZOGreedy uses one pool_size for all parameter groups")

@@ -31,28 +31,15 @@ import math
 
 import torch
 
-from zotune.optim.base import ZOOptimizer, check_finite
+from zotune.optim.base import ZOOptimizer, check_finite, check_hparams
 from zotune.rng import mix
 
 
 def check_pool_args(lr: float, eps: float, weight_decay: float, pool_size: int) -> None:
     """Validation shared by the pool methods (MeZO-GV, MeZO-Greedy)."""
-    if lr < 0:
-        raise ValueError(f"lr must be >= 0, got {lr}")
-    if eps <= 0:
-        raise ValueError(f"eps must be > 0, got {eps}")
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    check_hparams(lr, eps, weight_decay)
     if int(pool_size) != pool_size or pool_size < 2:
         raise ValueError(f"pool_size must be an integer >= 2, got {pool_size}")
-
-
-def single_eps(opt: ZOOptimizer) -> float:
-    """The one ε all groups share: the perturbation spans every group at once."""
-    eps = opt.param_groups[0]["eps"]
-    if any(g["eps"] != eps for g in opt.param_groups):
-        raise ValueError(f"{type(opt).__name__} uses one eps for all parameter groups; set eps on the optimizer")
-    return eps
 
 
 def pool_seeds(opt: ZOOptimizer, pool: int, size: int) -> list[int]:
@@ -100,7 +87,7 @@ class MeZOGV(ZOOptimizer):
     def step(self, closure):
         if closure is None:
             raise ValueError("MeZOGV.step needs a closure that runs a forward pass and returns the loss")
-        eps = single_eps(self)
+        eps = self.shared_eps()
         size = self.param_groups[0]["pool_size"]
         if any(g["pool_size"] != size or g["split_ratio"] != self.param_groups[0]["split_ratio"]
                for g in self.param_groups):

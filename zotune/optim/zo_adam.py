@@ -24,9 +24,8 @@ from __future__ import annotations
 
 import torch
 
-from zotune.optim.base import ZOOptimizer
+from zotune.optim.base import ZOOptimizer, check_hparams
 from zotune.optim.zo_sgd_momentum import keep_fp32_state, restore_fp32_state
-from zotune.optim.zo_sgd_sign import check_common, one_eps
 
 
 class ZOAdam(ZOOptimizer):
@@ -35,7 +34,7 @@ class ZOAdam(ZOOptimizer):
 
     def __init__(self, params, lr: float = 1e-5, eps: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  adam_eps: float = 1e-8, weight_decay: float = 0.0, **engine):
-        check_common(lr, eps, weight_decay)
+        check_hparams(lr, eps, weight_decay)
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
         if adam_eps <= 0:
@@ -47,7 +46,7 @@ class ZOAdam(ZOOptimizer):
     def step(self, closure):
         if closure is None:
             raise ValueError("ZOAdam.step needs a closure that runs a forward pass and returns the loss")
-        estimates, loss = self.spsa(closure, one_eps(self))
+        estimates, loss = self.spsa(closure, self.shared_eps())
         n = len(estimates)
         grad = [(seed, g / n) for seed, g in estimates]
         for group in self.param_groups:

@@ -34,8 +34,7 @@ import math
 
 import torch
 
-from zotune.optim.base import ZOOptimizer, check_finite
-from zotune.optim.zo_sgd_sign import check_common, one_eps
+from zotune.optim.base import ZOOptimizer, check_finite, check_hparams
 
 
 class ZOSGDConservative(ZOOptimizer):
@@ -48,7 +47,7 @@ class ZOSGDConservative(ZOOptimizer):
         return super().forward_passes + 3
 
     def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, weight_decay: float = 0.0, **engine):
-        check_common(lr, eps, weight_decay)
+        check_hparams(lr, eps, weight_decay)
         if weight_decay != 0:
             raise ValueError("ZOSGDConservative does not support weight decay (the kept point must be the "
                              f"candidate whose loss was compared); set weight_decay=0, got {weight_decay}")
@@ -63,7 +62,7 @@ class ZOSGDConservative(ZOOptimizer):
         lr = self.param_groups[0]["lr"]
         if any(g["lr"] != lr or g["weight_decay"] != 0 for g in self.param_groups):
             raise ValueError("ZOSGDConservative uses one lr and no weight decay for all parameter groups")
-        eps = one_eps(self)
+        eps = self.shared_eps()
         l0 = self.evaluate(closure, self.step_seed(), 0.0).item()
         check_finite(l0, step=self.zo_step)
         estimates, _ = self.spsa(closure, eps)

@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from zotune.optim.base import ZOOptimizer
-from zotune.optim.zo_sgd_sign import check_common, one_eps
+from zotune.optim.base import ZOOptimizer, check_hparams
 
 
 def keep_fp32_state(state_dict: dict, keys: tuple[str, ...]) -> dict:
@@ -47,7 +46,7 @@ class ZOSGDMomentum(ZOOptimizer):
 
     def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, momentum: float = 0.9,
                  weight_decay: float = 0.0, **engine):
-        check_common(lr, eps, weight_decay)
+        check_hparams(lr, eps, weight_decay)
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         super().__init__(params, dict(lr=lr, eps=eps, momentum=momentum, weight_decay=weight_decay), **engine)
@@ -56,7 +55,7 @@ class ZOSGDMomentum(ZOOptimizer):
     def step(self, closure):
         if closure is None:
             raise ValueError("ZOSGDMomentum.step needs a closure that runs a forward pass and returns the loss")
-        estimates, loss = self.spsa(closure, one_eps(self))
+        estimates, loss = self.spsa(closure, self.shared_eps())
         n = len(estimates)
         grad = [(seed, g / n) for seed, g in estimates]
         for group in self.param_groups:

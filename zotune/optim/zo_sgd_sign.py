@@ -21,25 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from zotune.optim.base import ZOOptimizer
-
-
-def check_common(lr: float, eps: float, weight_decay: float) -> None:
-    """The hyperparameter checks every two-point method of this family shares."""
-    if lr < 0:
-        raise ValueError(f"lr must be >= 0, got {lr}")
-    if eps <= 0:
-        raise ValueError(f"eps must be > 0, got {eps}")
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-
-
-def one_eps(opt: ZOOptimizer) -> float:
-    """The perturbation is shared by all groups, so all groups must agree on eps."""
-    eps = opt.param_groups[0]["eps"]
-    if any(g["eps"] != eps for g in opt.param_groups):
-        raise ValueError(f"{type(opt).__name__} uses one eps for all parameter groups; set eps on the optimizer")
-    return eps
+from zotune.optim.base import ZOOptimizer, check_hparams
 
 
 class ZOSGDSign(ZOOptimizer):
@@ -50,7 +32,7 @@ class ZOSGDSign(ZOOptimizer):
 
     def __init__(self, params, lr: float = 1e-4, eps: float = 1e-3, weight_decay: float = 0.0,
                  coordinatewise: bool = False, **engine):
-        check_common(lr, eps, weight_decay)
+        check_hparams(lr, eps, weight_decay)
         super().__init__(params, dict(lr=lr, eps=eps, weight_decay=weight_decay), **engine)
         self.coordinatewise = bool(coordinatewise)
 
@@ -58,7 +40,7 @@ class ZOSGDSign(ZOOptimizer):
     def step(self, closure):
         if closure is None:
             raise ValueError("ZOSGDSign.step needs a closure that runs a forward pass and returns the loss")
-        estimates, loss = self.spsa(closure, one_eps(self))
+        estimates, loss = self.spsa(closure, self.shared_eps())
         n = len(estimates)
         for group in self.param_groups:
             lr, decay = group["lr"], 1.0 - group["lr"] * group["weight_decay"]
