@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-import method_checks
 from method_checks import (check_converges, check_forward_count, check_noop_and_exceptions, check_resume,
                            check_same_seed, check_state_bytes, least_squares, mlp)
 from zotune.optim import AdaNAGED, MeZO, NonFiniteLossError
@@ -23,19 +22,6 @@ def test_converges_with_defaults(variant, problem, steps, factor):
     check_converges(lambda p: make(p, **variant), problem, steps, factor)
 
 
-@pytest.fixture
-def bf16_safe_mlp(monkeypatch):
-    """The shared no-op check runs method_checks.mlp in bf16 but feeds it fp32 inputs, which fails
-    in the first Linear for every method (MeZO included). Cast the input to the weights' dtype
-    until the shared check is fixed; the check itself is unchanged."""
-    def cast_mlp(*args, **kwargs):
-        model, closure = mlp(*args, **kwargs)
-        model.register_forward_pre_hook(lambda m, inputs: tuple(x.to(m[0].weight.dtype) for x in inputs))
-        return model, closure
-    monkeypatch.setitem(method_checks.PROBLEMS, "mlp", cast_mlp)
-
-
-@pytest.mark.usefixtures("bf16_safe_mlp")
 @pytest.mark.parametrize("variant,per_param", [({}, 2), (O1, 0), ({"geometry": "euclidean", "num_directions": 2}, 2)],
                          ids=["default", "o1", "euclidean-n2"])
 def test_shared_checks(variant, per_param):
