@@ -162,3 +162,17 @@ def test_every_zo_method_trains_through_the_cli(tmp_path, name, capsys):
     res = _results(out)
     assert res["steps"] == 2 and res["stopped"] is None and res["zeroth_order"]
     assert res["train_forward_passes"] >= 2
+
+
+def test_bench_prints_ratios_measured_in_one_run(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", "tiny-llama", "--steps", "1", "--warmup", "0", "--batch-size", "4",
+                 "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    res = json.loads(out.read_text())
+    phases = res["phases"]
+    assert set(phases) == {"forward", "zotune mezo (gaussian)", "zotune mezo (rademacher)", "textbook mezo",
+                           "first-order adamw"}
+    assert all(r["seconds"] > 0 for r in phases.values())
+    assert phases["forward"]["x_forward"] == 1.0 and phases["textbook mezo"]["x_textbook_mezo"] == 1.0
+    assert "textbook mezo" in text and "× forward" in text

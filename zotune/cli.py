@@ -1,4 +1,4 @@
-"""Command-line interface: ``zotune train | eval | plot | demo``.
+"""Command-line interface: ``zotune train | eval | plot | demo | bench``.
 
 Every TrainConfig field is a flag of ``train`` (and ``demo``); flags override ``--config FILE``,
 which overrides the defaults. User errors (bad flags or values, missing files) print one line,
@@ -93,6 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    p = sub.add_parser("bench", help="time a ZO step against a forward, textbook MeZO and AdamW",
+                       description="Time one step of each phase on one model and one real SST-2 batch, in one "
+                                   "run, and print the ratios (see zotune/bench.py).")
+    p.add_argument("--model", default="smollm2", help="model spec (default: smollm2)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--steps", type=int, default=5, help="timed steps per phase; the median is reported")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--autocast", default="bf16", help="bf16 or none")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
 
     p = sub.add_parser("plot", help="loss and dev-accuracy curves of runs",
                        description="Plot smoothed training loss and dev accuracy of one or more runs.")
@@ -222,6 +234,18 @@ def _cmd_plot(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from zotune.bench import bench_step, format_table
+
+    autocast = None if args.autocast.lower() == "none" else args.autocast
+    result = bench_step(args.model, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
+                        device=args.device, autocast=autocast, max_length=args.max_length)
+    print(format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (the console script passes it to sys.exit)."""
     try:
@@ -234,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_eval(args)
         if args.command == "plot":
             return _cmd_plot(args)
+        if args.command == "bench":
+            return _cmd_bench(args)
     except SystemExit as e:  # --help / --version
         return int(e.code or 0)
     except FloatingPointError as e:  # NonFiniteLossError is a subclass
