@@ -53,7 +53,7 @@ class FunctionalPerturbation:
         self.shared = shared
         self.outside = outside
         self.visits: dict[int, int] = {}  # id(param) -> number of owner forwards that read it
-        self._memo: dict[int, torch.Tensor] = {}
+        self._memo: dict[tuple[int, torch.dtype | None], torch.Tensor] = {}
         self._swapped: list[tuple[torch.nn.Module, str, torch.Tensor]] = []
         self._data_swapped: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._handles = []
@@ -113,7 +113,6 @@ class FunctionalPerturbation:
         self._data_swapped = []
         self._memo.clear()
         return False
-
 
 
 def _autocast_dtype(module: torch.nn.Module, params) -> torch.dtype | None:
