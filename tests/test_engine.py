@@ -92,13 +92,19 @@ def test_global_rng_untouched():
 
 
 # ---------------------------------------------------------------------------------- invariant 2
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_lr_zero_thousand_steps_bit_identical(dtype):
+@pytest.mark.parametrize("dtype,autocast", [(d, False) for d in DTYPES] + [(torch.float32, True)])
+def test_lr_zero_thousand_steps_bit_identical(dtype, autocast):
+    """Also with fp32 weights under bf16 autocast (the demo's setting), where the engine builds
+    perturbed Linear weights directly in bf16."""
     model = TiedMLP(dtype=dtype)
     snap = snapshot(model)
     ids, y = make_batch()
     opt = MeZO(model.named_parameters(), lr=0.0, eps=1e-3)
-    closure = ce_closure(model, ids, y)
+    plain = ce_closure(model, ids, y)
+
+    def closure():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            return plain()
     for _ in range(1000):
         opt.step(closure)
     assert opt.zo_step == 1000 and opt.last_projected_grad != 0.0  # the steps really ran
@@ -116,20 +122,30 @@ def test_textbook_inplace_cycle_drifts_in_bf16():
     assert not torch.equal(p, p0)
 
 
-def test_perturbed_forward_equals_explicit_perturbation():
-    """Every trainable parameter (tied ones included) is seen perturbed by exactly εz."""
+@pytest.mark.parametrize("autocast", [False, True])
+def test_perturbed_forward_equals_explicit_perturbation(autocast):
+    """Every trainable parameter (tied ones included) is seen perturbed by exactly εz, also when
+    bf16 autocast makes the engine build Linear weights directly in bf16."""
     model = TiedMLP()
     ids, y = make_batch()
     opt = MeZO(model.named_parameters(), lr=0.0, eps=1e-2)
     seed = opt.step_seed()
-    loss = opt.evaluate(ce_closure(model, ids, y), seed, 1e-2)
+
+    def under_autocast(closure):
+        def run():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                return closure()
+        return run
+
+    opt.evaluate(under_autocast(ce_closure(model, ids, y)), seed, 1e-2)  # first call calibrates
+    loss = opt.evaluate(under_autocast(ce_closure(model, ids, y)), seed, 1e-2)
     ref = copy.deepcopy(model)
     src = NoiseSource()
     with torch.no_grad():
         for name, p in ref.named_parameters():  # tied weight listed once
             z = src.noise(seed, name_key(name), 0, p.numel(), p.numel()).view_as(p)
             p.add_(z, alpha=1e-2)
-    assert torch.equal(loss, ce_closure(ref, ids, y)().float())
+    assert torch.equal(loss, under_autocast(ce_closure(ref, ids, y))().float())
     assert opt._shared  # the tied weight was recognised
 
 

@@ -59,13 +59,15 @@ class FunctionalPerturbation:
         self._handles = []
 
     def _perturbed(self, pid: int, dtype: torch.dtype | None) -> torch.Tensor:
-        memo_key = (pid, dtype)
-        if memo_key in self._memo:
-            return self._memo[memo_key]
-        t = self.make(self.entries[pid], dtype)
-        if pid in self.shared:
-            self._memo[memo_key] = t
-        return t
+        if pid not in self.shared:
+            return self.make(self.entries[pid], dtype)
+        # a tied parameter: build θ + c·z once per context; an owner that wants it in an autocast
+        # dtype gets a cast of that copy (the same values: one rounding of fl(θ + c·z))
+        if (pid, None) not in self._memo:
+            self._memo[(pid, None)] = self.make(self.entries[pid], None)
+        if (pid, dtype) not in self._memo:
+            self._memo[(pid, dtype)] = self._memo[(pid, None)].to(dtype)
+        return self._memo[(pid, dtype)]
 
     def _pre_hook(self, module, args):
         params = module._parameters

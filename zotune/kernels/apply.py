@@ -40,7 +40,7 @@ def perturbed_copy(
         if src.dtype == out.dtype == torch.float32:
             torch.add(src[a:b], d, alpha=scale, out=out[a:b])
         else:
-            out[a:b].copy_(src[a:b].float().add_(d, alpha=scale))
+            out[a:b].copy_(torch.add(src[a:b], d, alpha=scale))  # computed in fp32, never in place
     return out.view_as(p)
 
 
