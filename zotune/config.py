@@ -67,7 +67,7 @@ class TrainConfig:
 
 
 HELP = {
-    'model': "'smollm2', a .gguf file, a Hugging Face folder, or 'tiny-llama' / 'tiny-opt' (tests)",
+    'model': "'smollm2', 'gemma3', a .gguf file, a Hugging Face folder, or 'tiny-llama' / 'tiny-opt' (tests)",
     'task': 'task name, e.g. sst2',
     'data_dir': "folder with the task's data files; 'none' uses the data packaged with zotune",
     'optimizer': 'optimizer name (see zotune.optim.OPTIMIZERS)',

