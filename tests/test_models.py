@@ -41,7 +41,7 @@ def test_tiny_model_is_seeded_and_leaves_global_rng_alone(spec):
 
 def test_tiny_tokenizer_round_trips_text_and_verbalizers_are_single_tokens(sst2):
     _, tok = load_model("tiny-opt", device="cpu")
-    text = sst2.prompt(sst2.load("test")[0])
+    text = sst2.load("test")[0].prompt
     assert tok.decode(tok(text)["input_ids"], skip_special_tokens=True) == text
     for word in sst2.verbalizers:
         assert len(tok(word, add_special_tokens=False)["input_ids"]) == 1

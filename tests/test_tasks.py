@@ -1,6 +1,5 @@
 """Tasks: packaged SST-2 data, prompt encoding, candidate scoring and the loss."""
 
-import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import torch
 
 from zotune.models import load_model
 from zotune.tasks import Example, TASKS, candidate_logits, encode, evaluate, get_task, loss_fn
-from zotune.tasks.sst2 import SST2Task, read_tsv
+from zotune.tasks.sst2 import Row, SST2Task, read_tsv
 
 GLUE_SST2 = Path("/work/shared/data/SST-2")
 
@@ -28,26 +27,32 @@ def test_registry():
     assert "sst2" in TASKS and isinstance(get_task("SST-2"), SST2Task)
     with pytest.raises(ValueError, match="known tasks: .*sst2"):
         get_task("mnli")
+    with pytest.raises(ValueError, match="takes no task spec"):
+        get_task("sst2", spec={"template": "{x}"})
 
 
-def test_sst2_prompt_and_verbalizers(sst2):
-    assert sst2.prompt(Example("a fine movie . ", 1)) == "a fine movie . It was"
-    assert sst2.verbalizers == [" terrible", " great"]
+def test_sst2_prompt_and_verbalizers(sst2, tmp_path):
+    (tmp_path / "dev.tsv").write_text("sentence\tlabel\na fine movie . \t1\n")
+    ex = sst2.load("glue-dev", data_dir=str(tmp_path))[0]
+    assert ex == Example("a fine movie . It was", (" terrible", " great"), 1)
+    assert sst2.demonstration(ex) == "a fine movie . It was great"
+    assert sst2.verbalizers == (" terrible", " great") and (sst2.kind, sst2.metric) == ("classification", "accuracy")
 
 
-def test_packaged_splits(sst2):
+def test_packaged_splits(sst2, monkeypatch):
+    monkeypatch.delenv("ZOTUNE_DATA", raising=False)
     splits = {s: sst2.load(s) for s in ("train", "dev", "test")}
     assert {s: len(v) for s, v in splits.items()} == {"train": 1000, "dev": 500, "test": 1000}
-    texts = {s: {ex.text for ex in v} for s, v in splits.items()}
+    texts = {s: {ex.prompt for ex in v} for s, v in splits.items()}
     assert all(len(texts[s]) == len(splits[s]) for s in splits)  # no duplicates inside a split
     assert not (texts["train"] & texts["dev"] or texts["train"] & texts["test"] or texts["dev"] & texts["test"])
     for v in splits.values():
         assert {ex.label for ex in v} == {0, 1}
     for split in splits:  # found through importlib.resources, as in an installed wheel
         assert (resources.files("zotune") / "data" / "sst2" / f"{split}.tsv").is_file()
-    with pytest.raises(ValueError, match="known: .*glue-dev"):
+    with pytest.raises(ValueError, match="choose one of .*glue-dev"):
         sst2.load("validation")
-    with pytest.raises(ValueError, match="data_dir"):
+    with pytest.raises(ValueError, match="data-dir"):
         sst2.load("glue-dev")
 
 
@@ -57,9 +62,10 @@ def test_data_dir_redraws_the_protocol_sample(tmp_path, sst2):
     (tmp_path / "dev.tsv").write_text("sentence\tlabel\nok \t1\n")
     splits = {s: sst2.load(s, data_dir=str(tmp_path)) for s in ("train", "dev", "test")}
     assert [len(v) for v in splits.values()] == [1000, 500, 1000]
-    assert len({ex.text for v in splits.values() for ex in v}) == 2500
+    assert len({ex.prompt for v in splits.values() for ex in v}) == 2500
     assert splits["train"] == sst2.load("train", data_dir=str(tmp_path))  # deterministic
-    assert sst2.load("glue-dev", data_dir=str(tmp_path)) == [Example("ok", 1)]
+    assert sst2.load("glue-dev", data_dir=str(tmp_path)) == [sst2.example("ok It was", 1)]
+    assert sst2.rows("glue-dev", data_dir=str(tmp_path)) == [Row("ok", 1)]
 
 
 @pytest.mark.skipif(not (GLUE_SST2 / "train.tsv").is_file(), reason="GLUE SST-2 folder not present")
@@ -89,12 +95,13 @@ def test_missing_tsv(tmp_path, sst2):
 
 def test_encode_left_pads_and_keeps_prompt_suffix(sst2, tiny):
     _, tok = tiny
-    short, long = Example("good .", 1), Example("word " * 300 + "bad .", 0)
+    short, long = sst2.example("good . It was", 1), sst2.example("word " * 300 + "bad . It was", 0)
     batch = encode(sst2, tok, [short, long], max_length=32)
     ids, mask = batch["input_ids"], batch["attention_mask"]
     assert ids.shape == (2, 32)
     assert mask[:, -1].all() and mask[1].all() and not mask[0, 0]  # padding on the left only
     assert batch["labels"].tolist() == [1, 0]
+    assert batch["kind"] == "classification"  # both verbalizers are one token: the fast path
     assert batch["candidate_ids"].tolist() == [tok(w, add_special_tokens=False)["input_ids"][0]
                                                for w in sst2.verbalizers]
     # the long sentence lost words from its left, but BOS and the "bad . It was" suffix survive
@@ -104,7 +111,7 @@ def test_encode_left_pads_and_keeps_prompt_suffix(sst2, tiny):
 
 def test_batched_matches_single_example_logits(sst2, tiny):
     model, tok = tiny
-    examples = sorted(sst2.load("dev")[:6], key=lambda ex: len(ex.text))  # different lengths
+    examples = sorted(sst2.load("dev")[:6], key=lambda ex: len(ex.prompt))  # different lengths
     batched = candidate_logits(model, encode(sst2, tok, examples))
     single = torch.cat([candidate_logits(model, encode(sst2, tok, [ex])) for ex in examples])
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-4)
@@ -152,25 +159,12 @@ def test_candidate_logits_without_logits_to_keep(sst2, tiny):
         torch.testing.assert_close(candidate_logits(Plain(), batch), candidate_logits(model, batch))
 
 
-def test_multi_token_verbalizer_warns_once():
-    _, tok = load_model("tiny-opt", device="cpu")
-
-    class Odd(SST2Task):
-        name = "odd-test-task"
-        verbalizers = [" terrible", " zqxjzqxj"]
-
-    with pytest.warns(UserWarning, match="zqxjzqxj"):
-        encode(Odd(), tok, [Example("fine", 1)])
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        encode(Odd(), tok, [Example("fine", 1)])
-
-
 def test_evaluate(sst2, tiny):
     model, tok = tiny
     examples = sst2.load("dev")[:40]
     r = evaluate(model, tok, sst2, examples, batch_size=16)
     assert r["n"] == 40 and 0.0 <= r["accuracy"] <= 1.0 and r["loss"] > 0
+    assert r["metric"] == "accuracy" and r["score"] == r["accuracy"]
     r1 = evaluate(model, tok, sst2, examples, batch_size=40, autocast="bf16")
     assert abs(r1["accuracy"] - r["accuracy"]) <= 0.1  # bf16 may flip near-ties only
     assert not model.training

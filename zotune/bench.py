@@ -1,7 +1,7 @@
 """``zotune bench``: the cost of one training step, as ratios measured in one run.
 
 Speed claims are checked here, never by timed assertions in tests. One process times, on the same
-model and the same real SST-2 batch:
+model and the same real training batch of one task (``--task``, SST-2 by default):
 
 - ``forward``: one loss evaluation under no_grad (the unit everything is divided by);
 - ``zotune mezo (gaussian|rademacher)``: zotune's MeZO step (functional perturbation, 3 passes);
@@ -72,14 +72,15 @@ def _timed(fn: Callable[[], object], steps: int, warmup: int, device: torch.devi
 
 def bench_step(model: str = "smollm2", batch_size: int = 16, steps: int = 5, warmup: int = 1,
                device: str = "auto", autocast: str | None = "bf16", max_length: int = 64,
-               lr: float = 1e-7, eps: float = 1e-3) -> dict:
+               lr: float = 1e-7, eps: float = 1e-3, task: str = "sst2", data_dir: str | None = None) -> dict:
     """Time one step of each phase (see the module docstring); return the results as a dict."""
     if steps < 1 or warmup < 0 or batch_size < 1:
         raise ValueError("bench needs steps >= 1, warmup >= 0 and batch_size >= 1")
+    the_task = get_task(task)
+    examples = the_task.load("train", data_dir=data_dir)[:batch_size]  # before the model: bad data fails fast
     dev = resolve_device(device)
     net, tok = load_model(model, device=str(dev))
-    task = get_task("sst2")
-    batch = encode(task, tok, task.load("train")[:batch_size], max_length=max_length)
+    batch = encode(the_task, tok, examples, max_length=max_length)
     weights = {k: v.clone() for k, v in net.state_dict().items()}
 
     def closure():
@@ -125,13 +126,13 @@ def bench_step(model: str = "smollm2", batch_size: int = 16, steps: int = 5, war
     for r in rows.values():
         r["x_forward"] = r["seconds"] / fwd
         r["x_textbook_mezo"] = r["seconds"] / book
-    return {"model": model, "device": str(dev), "batch_size": batch_size, "max_length": max_length,
+    return {"model": model, "task": the_task.name, "device": str(dev), "batch_size": batch_size, "max_length": max_length,
             "autocast": autocast, "steps": steps, "trainable_parameters": sum(p.numel() for p in net.parameters()),
             "phases": rows}
 
 
 def format_table(result: dict) -> str:
-    head = (f"{result['model']} on {result['device']}, batch {result['batch_size']} × ≤{result['max_length']} "
+    head = (f"{result['model']} on {result['device']}, task {result.get('task', 'sst2')}, batch {result['batch_size']} × ≤{result['max_length']} "
             f"tokens, autocast {result['autocast']}, median of {result['steps']} steps")
     lines = [head, f"{'phase':<28}{'ms/step':>10}{'× forward':>11}{'× textbook':>12}{'peak GiB':>10}"]
     for name, r in result["phases"].items():

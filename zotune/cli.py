@@ -80,14 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Any train flag may be given to change the demo.")
     _add_config_flags(p)
 
-    p = sub.add_parser("eval", help="accuracy of a model zero-shot, or of a saved run",
-                       description="Evaluate a model zero-shot, or the weights of a saved run (--run).")
+    p = sub.add_parser("eval", help="a task's metric for a model zero-shot / in context, or for a saved run",
+                       description="Evaluate a model zero-shot (or with --icl-shots demonstrations), or the "
+                                   "weights of a saved run (--run), on the task's metric.")
     p.add_argument("--run", help="run folder with config.yaml and model.safetensors")
     p.add_argument("--model", help="model spec (default: the run's, else smollm2)")
-    p.add_argument("--task", help="task name (default: the run's, else sst2)")
+    p.add_argument("--task", help="task name or own data file (default: the run's, else sst2)")
+    p.add_argument("--task-spec", help="YAML spec of your own data (with a data file as --task)")
     p.add_argument("--split", default="test", help="split to evaluate: train, dev or test (default: test)")
     p.add_argument("--examples", type=int, help="number of examples (default: the run's test/eval count)")
-    p.add_argument("--data-dir")
+    p.add_argument("--icl-shots", type=int, default=0,
+                   help="in-context demonstrations from train (fixed seed), as many as fit; MeZO uses 32 (default 0)")
+    p.add_argument("--max-length", type=int, help="maximum tokens per sequence (default: the run's, else the "
+                                                  "model's context)")
+    p.add_argument("--data-dir", help="benchmark data folder (default: $ZOTUNE_DATA; sst2 has a packaged sample)")
     p.add_argument("--dtype")
     p.add_argument("--autocast", help="bf16 or none (default: the run's, else bf16)")
     p.add_argument("--device")
@@ -95,9 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
     p = sub.add_parser("bench", help="time a ZO step against a forward, textbook MeZO and AdamW",
-                       description="Time one step of each phase on one model and one real SST-2 batch, in one "
-                                   "run, and print the ratios (see zotune/bench.py).")
+                       description="Time one step of each phase on one model and one real training batch of a "
+                                   "task, in one run, and print the ratios (see zotune/bench.py).")
     p.add_argument("--model", default="smollm2", help="model spec (default: smollm2)")
+    p.add_argument("--task", default="sst2", help="task whose training batch is timed (default: sst2)")
+    p.add_argument("--data-dir", help="benchmark data folder (default: $ZOTUNE_DATA)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--steps", type=int, default=5, help="timed steps per phase; the median is reported")
@@ -120,12 +128,19 @@ def _summary_table(results: dict, out: str) -> str:
     def pct(v):
         return "-" if v is None else f"{100 * v:.1f}%"
 
+    metric, n = results.get("metric", "accuracy"), results["test_examples"]
+    if results.get("icl"):
+        icl = results["icl"]
+        baseline = (f"ICL test {metric} (n={n}, {icl['shots_used_min']}-{icl['shots_used_max']} of "
+                    f"{icl['shots']} shots fit)", pct(results["icl_test_accuracy"]))
+    else:
+        baseline = (f"zero-shot test {metric} (n={n})", pct(results["zero_shot_test_accuracy"]))
     rows = [
         ("run", out),
         ("model / task / optimizer", f"{results['model']} / {results['task']} / {results['optimizer']}"),
-        (f"zero-shot test accuracy (n={results['test_examples']})", pct(results["zero_shot_test_accuracy"])),
-        (f"fine-tuned test accuracy (n={results['test_examples']})", pct(results["test_accuracy"])),
-        ("best dev accuracy", pct(results["best_dev_accuracy"])),
+        baseline,
+        (f"fine-tuned test {metric} (n={n})", pct(results["test_accuracy"])),
+        (f"best dev {metric}", pct(results["best_dev_accuracy"])),
         ("steps", str(results["steps"])),
         ("wall time", f"{results['wall_time_s'] / 60:.1f} min ({results['train_time_s']:.0f} s training)"),
         ("peak memory", f"{results['peak_memory_mb'] / 1024:.2f} GiB ({results['peak_memory_kind']})"),
@@ -161,12 +176,17 @@ def _cmd_eval(args) -> int:
         autocast = TrainConfig().autocast
     res = evaluate_run(run=args.run, model=args.model, task=args.task, split=args.split, examples=args.examples,
                        data_dir=args.data_dir, dtype=args.dtype, autocast=autocast, device=args.device,
-                       batch_size=args.batch_size)
+                       batch_size=args.batch_size, icl_shots=args.icl_shots, task_spec=args.task_spec,
+                       max_length=args.max_length)
     if args.json:
         print(json.dumps(res))
     else:
-        what = f"run {res['run']}" if res["run"] else f"{res['model']} (zero-shot)"
-        print(f"{what} on {res['task']} {res['split']}: accuracy {100 * res['accuracy']:.2f}% (n={res['n']})")
+        icl = res["icl"]
+        how = (f"ICL, {icl['shots_used_min']}-{icl['shots_used_max']} of {icl['shots']} shots fit" if icl
+               else "zero-shot")
+        what = f"run {res['run']}" if res["run"] else f"{res['model']} ({how})"
+        print(f"{what} on {res['task']} {res['split']}: {res['metric']} {100 * res['accuracy']:.2f}% "
+              f"(n={res['n']}, {res['eval_time_s']:.0f} s)")
     return 0
 
 
@@ -239,7 +259,8 @@ def _cmd_bench(args) -> int:
 
     autocast = None if args.autocast.lower() == "none" else args.autocast
     result = bench_step(args.model, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
-                        device=args.device, autocast=autocast, max_length=args.max_length)
+                        device=args.device, autocast=autocast, max_length=args.max_length, task=args.task,
+                        data_dir=args.data_dir)
     print(format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from zotune.rng import NOISE_KINDS
+from zotune.tasks.batches import OBJECTIVES
 
 DEMO_LR = 3e-5  # measured for the README demo (MeZO, SmolLM2, 400 steps)
 DTYPES = ("fp32", "bf16", "fp16")
@@ -40,7 +41,10 @@ class TrainConfig:
 
     model: str = "smollm2"
     task: str = "sst2"
+    task_spec: str | dict | None = None
     data_dir: str | None = None
+    objective: str = "loss"
+    icl_shots: int = 0
     optimizer: str = "mezo"
     lr: float | None = None
     eps: float | None = None
@@ -51,7 +55,7 @@ class TrainConfig:
     eval_every: int = 100
     eval_examples: int | None = 500
     test_examples: int | None = 1000
-    max_length: int = 128
+    max_length: int | None = None
     seed: int = 0
     dtype: str = "fp32"
     autocast: str | None = "bf16"
@@ -68,8 +72,16 @@ class TrainConfig:
 
 HELP = {
     'model': "'smollm2', 'gemma3', a .gguf file, a Hugging Face folder, or 'tiny-llama' / 'tiny-opt' (tests)",
-    'task': 'task name, e.g. sst2',
-    'data_dir': "folder with the task's data files; 'none' uses the data packaged with zotune",
+    'task': "a task name (sst2, rte, cb, boolq, wsc, wic, multirc, copa, record, squad, drop) or a path to "
+            "your own .jsonl/.csv/.tsv data (then give --task-spec)",
+    'task_spec': "for your own data: a YAML file (or, in a config file, an inline mapping) with the prompt "
+                 "template and the label/choices/completion fields (see docs/tasks.md)",
+    'data_dir': "folder laid out like the benchmark data (RTE/train.jsonl, SQuAD/dev-v1.1.json, ...); "
+                "unset: $ZOTUNE_DATA, and for sst2 the sample packaged with zotune",
+    'objective': "what training minimises: 'loss' (cross-entropy), or the negative batch 'accuracy' or 'f1' "
+                 "(no gradient: zeroth-order optimizers only; f1 for generation tasks)",
+    'icl_shots': "in-context demonstrations drawn from train (fixed seed) prepended to every evaluated prompt, "
+                 "as many as fit the context (MeZO's ICL baseline uses 32); 0: zero-shot",
     'optimizer': 'optimizer name (see zotune.optim.OPTIMIZERS)',
     'lr': "learning rate (unset: the optimizer's default; `zotune demo` uses 3e-5)",
     'eps': "perturbation scale of zeroth-order optimizers (unset: the optimizer's default, 1e-3 for MeZO)",
@@ -81,7 +93,8 @@ HELP = {
     'eval_every': 'evaluate on dev every this many steps (0: only at the end)',
     'eval_examples': "dev examples used at each evaluation ('none': all)",
     'test_examples': "test examples for the zero-shot and fine-tuned accuracy ('none': all)",
-    'max_length': 'maximum prompt length in tokens (longer prompts lose words on the left)',
+    'max_length': "maximum tokens per sequence, prompt + answer (longer prompts lose words on the left); "
+                  "unset: the model's context length",
     'seed': 'seed of the batch order and of ZO perturbations',
     'dtype': 'weight dtype. Keep fp32 for ZO: bf16 weights swallow eps-sized perturbations',
     'autocast': "compute dtype of the forward pass ('bf16' or None)",
@@ -143,6 +156,8 @@ def _coerce(name: str, value: Any) -> Any:
             except ValueError:
                 pass
     elif typ is str:
+        if name == "task_spec" and isinstance(value, dict):  # an inline spec in a config file
+            return dict(value)
         if isinstance(value, (str, Path)):
             return str(value)
     elif typ is dict:
@@ -221,16 +236,20 @@ def known_optimizers() -> list[str]:
     return available()
 
 
-def _check_task(name: str) -> None:
-    try:
-        from zotune.tasks import get_task
-    except ImportError:
-        return
-    try:
-        get_task(name)
-    except (KeyError, ValueError) as e:
-        msg = e.args[0] if e.args else str(e)
-        raise ValueError(msg if "unknown task" in str(msg) else f"unknown task {name!r}: {msg}") from None
+def is_zeroth_order_name(optimizer: str) -> bool:
+    """Whether the named optimizer is zeroth-order (True for names the registry lacks)."""
+    from zotune.optim import OPTIMIZERS
+
+    entry = OPTIMIZERS.get(optimizer)
+    return True if entry is None else bool(entry[2])
+
+
+def _check_task(c: TrainConfig) -> None:
+    """The task exists (or the own-data spec parses) and takes the objective; data is read later."""
+    from zotune.tasks import check_objective, get_task
+
+    task = get_task(c.task, spec=c.task_spec)
+    check_objective(task, c.objective)
 
 
 def validate(config: TrainConfig) -> None:
@@ -251,8 +270,12 @@ def validate(config: TrainConfig) -> None:
         problems.append(f"eval_every must be >= 0 (got {c.eval_every}); 0 evaluates only at the end")
     if c.log_every < 1:
         problems.append(f"log_every must be >= 1 (got {c.log_every})")
-    if c.max_length < 8:
+    if c.max_length is not None and c.max_length < 8:
         problems.append(f"max_length must be >= 8 tokens (got {c.max_length})")
+    if c.icl_shots < 0:
+        problems.append(f"icl_shots must be >= 0 (got {c.icl_shots}); 0 evaluates zero-shot, MeZO's ICL uses 32")
+    if c.objective not in OBJECTIVES:
+        problems.append(f"objective must be one of {', '.join(OBJECTIVES)} (got '{c.objective}')")
     for name in ("eval_examples", "test_examples"):
         v = getattr(c, name)
         if v is not None and v < 1:
@@ -273,6 +296,9 @@ def validate(config: TrainConfig) -> None:
     names = known_optimizers()
     if c.optimizer not in names:
         problems.append(f"unknown optimizer '{c.optimizer}'; choose one of: {', '.join(names)}")
+    elif c.objective != "loss" and not is_zeroth_order_name(c.optimizer):
+        problems.append(f"objective '{c.objective}' has no gradient, so it needs a zeroth-order optimizer "
+                        f"('{c.optimizer}' is first-order): use e.g. --optimizer mezo, or --objective loss")
     if problems:
         raise ValueError("invalid config: " + "; ".join(problems))
-    _check_task(c.task)
+    _check_task(c)

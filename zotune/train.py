@@ -35,7 +35,9 @@ import torch
 
 from zotune.config import TrainConfig, load_config, save_config, validate
 from zotune.optim import OPTIMIZERS, NonFiniteLossError, build_optimizer, is_zeroth_order
-from zotune.tasks import encode, evaluate, get_task, loss_fn
+from zotune.tasks import Task, encode, evaluate, get_task, loss_fn, looks_like_data
+from zotune.tasks.encoding import model_context
+from zotune.tasks.icl import draw_demonstrations, shots_summary, with_demonstrations
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "results.json", "model.safetensors")
 TB_DIR = "tb"
@@ -74,7 +76,8 @@ def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
 
 
 def default_out(config: TrainConfig) -> str:
-    return os.path.join("runs", f"{config.task}-{config.optimizer}-s{config.seed}")
+    task = Path(config.task).stem if looks_like_data(config.task) else config.task
+    return os.path.join("runs", f"{task}-{config.optimizer}-s{config.seed}")
 
 
 def prepare_out_dir(out: str | Path, overwrite: bool) -> Path:
@@ -265,6 +268,8 @@ def train(config: TrainConfig, overwrite: bool = False, progress: bool = True) -
 
     validate(config)
     t_start = time.perf_counter()
+    # All the data first: a bad file must fail in milliseconds, before a model or a run folder exists.
+    task, train_ex, dev_ex, test_ex = load_task_data(config)
     out = prepare_out_dir(config.out or default_out(config), overwrite)
     config = dataclasses.replace(config, out=str(out))  # the saved config names its folder
     _atomic_write(out / "config.yaml", lambda p: save_config(config, p))
@@ -275,12 +280,7 @@ def train(config: TrainConfig, overwrite: bool = False, progress: bool = True) -
     _log(f"loading model {config.model} ({config.dtype}) on {device}")
     model, tokenizer = load_model(config.model, dtype=config.dtype, device=str(device))
     model.eval()  # dropout off for both ZO and FO: one deterministic objective
-    task = get_task(config.task)
-    train_ex = task.load("train", data_dir=config.data_dir)
-    dev_ex = task.load("dev", data_dir=config.data_dir)[: config.eval_examples]
-    test_ex = task.load("test", data_dir=config.data_dir)[: config.test_examples]
-    if not train_ex:
-        raise ValueError(f"task {config.task} has no training examples")
+    max_length = config.max_length or model_context(model)
 
     named = select_trainable(model, config.trainable)
     opt = _build_optimizer(config, named)
@@ -291,10 +291,11 @@ def train(config: TrainConfig, overwrite: bool = False, progress: bool = True) -
 
     def eval_on(examples):
         return evaluate(model, tokenizer, task, examples, batch_size=32, autocast=config.autocast,
-                        device=device, max_length=config.max_length)
+                        device=device, max_length=max_length)
 
-    _log(f"zero-shot evaluation on {len(test_ex)} test examples")
-    zero_shot = eval_on(test_ex)
+    baseline_ex, icl = in_context(task, tokenizer, train_ex, test_ex, config.icl_shots, max_length)
+    _log(f"{'ICL' if icl else 'zero-shot'} evaluation on {len(test_ex)} test examples ({task.metric})")
+    zero_shot = eval_on(baseline_ex)
 
     log = MetricsLog(out)
     sampler = BatchSampler(len(train_ex), config.batch_size, config.seed)
@@ -305,7 +306,8 @@ def train(config: TrainConfig, overwrite: bool = False, progress: bool = True) -
     bar = tqdm(total=config.steps, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     try:
         for step in range(1, config.steps + 1):
-            batch = encode(task, tokenizer, [train_ex[i] for i in sampler.next()], max_length=config.max_length)
+            batch = encode(task, tokenizer, [train_ex[i] for i in sampler.next()], max_length=max_length,
+                           objective=config.objective)
             closure = make_closure(model, batch, device, config.autocast, zeroth_order, opt, counter)
             try:
                 loss = opt.step(closure)
@@ -323,12 +325,12 @@ def train(config: TrainConfig, overwrite: bool = False, progress: bool = True) -
                 record = {"step": step, "loss": loss_val, "lr": opt.param_groups[0].get("lr"),
                           "elapsed": round(time.perf_counter() - t_loop, 3)}
             if (config.eval_every and step % config.eval_every == 0) or step == config.steps:
-                last_dev = eval_on(dev_ex)["accuracy"]
+                last_dev = eval_on(dev_ex)["score"]
                 if best_dev is None or last_dev > best_dev:
                     best_dev, best_step = last_dev, step
                 record = record or {"step": step, "loss": loss_val, "lr": opt.param_groups[0].get("lr")}
                 record.update(dev_accuracy=last_dev, elapsed=round(time.perf_counter() - t_loop, 3))
-                bar.write(f"step {step}: loss {loss_val:.4f}, dev accuracy {last_dev:.4f}")
+                bar.write(f"step {step}: loss {loss_val:.4f}, dev {task.metric} {last_dev:.4f}")
             if record is not None:
                 log.write(record)
     finally:
@@ -351,10 +353,16 @@ def train(config: TrainConfig, overwrite: bool = False, progress: bool = True) -
         "out": str(out),
         "model": config.model,
         "task": config.task,
+        "metric": task.metric,
+        "objective": config.objective,
         "optimizer": config.optimizer,
         "zeroth_order": zeroth_order,
-        "zero_shot_test_accuracy": zero_shot["accuracy"],
-        "test_accuracy": final["accuracy"] if final else None,
+        "zero_shot_test_accuracy": None if icl else zero_shot["score"],
+        "icl_test_accuracy": zero_shot["score"] if icl else None,
+        "icl": icl,
+        "test_accuracy": final["score"] if final else None,
+        "baseline_test_metrics": _metrics_only(zero_shot),
+        "test_metrics": _metrics_only(final) if final else None,
         "test_examples": len(test_ex),
         "best_dev_accuracy": best_dev,
         "best_dev_step": best_step,
@@ -377,11 +385,14 @@ def train(config: TrainConfig, overwrite: bool = False, progress: bool = True) -
 def evaluate_run(run: str | Path | None = None, model: str | None = None, task: str | None = None,
                  split: str = "test", examples: int | None = None, data_dir: str | None = None,
                  dtype: str | None = None, autocast: str | None = "config", device: str | None = None,
-                 max_length: int | None = None, batch_size: int = 32) -> dict:
-    """Accuracy of a saved run's weights, or of a model zero-shot when ``run`` is None.
+                 max_length: int | None = None, batch_size: int = 32, icl_shots: int = 0,
+                 task_spec: str | dict | None = None) -> dict:
+    """The task metric of a saved run's weights, or of a model zero-shot (or with ``icl_shots``
+    demonstrations) when ``run`` is None.
 
     With a run, every unset argument comes from the run's config.yaml, so by default this
-    reproduces the run's own test accuracy (same model, examples, dtype and autocast).
+    reproduces the run's own test score (same model, examples, dtype and autocast). ``accuracy``
+    holds the task's headline metric, which ``metric`` names (f1 for SQuAD and DROP).
     """
     from zotune.models import load_model, resolve_device
 
@@ -398,15 +409,51 @@ def evaluate_run(run: str | Path | None = None, model: str | None = None, task: 
         examples = cfg.test_examples if split == "test" else cfg.eval_examples if split == "dev" else None
     autocast = cfg.autocast if autocast == "config" else autocast
     dev = resolve_device(device or cfg.device)
-    t = get_task(task_name)
-    if split not in t.splits:
-        raise ValueError(f"task {task_name} has no split '{split}'; choose one of {', '.join(t.splits)}")
-    exs = t.load(split, data_dir=data_dir)[:examples]
+    if icl_shots < 0:
+        raise ValueError(f"--icl-shots must be >= 0 (got {icl_shots}); MeZO's ICL baseline uses 32")
+    spec = task_spec if task_spec is not None else (cfg.task_spec if task is None else None)
+    t = get_task(task_name, spec=spec)
+    t.check_split(split)
+    exs = t.load(split, data_dir=data_dir)[:examples]  # data before the model: bad data fails fast
+    if not exs:
+        raise ValueError(f"task {task_name} split {split} has no examples")
+    train_ex = t.load("train", data_dir=data_dir) if icl_shots else []
+    t0 = time.perf_counter()
     net, tokenizer = load_model(model_name, dtype=dtype or cfg.dtype, device=str(dev))
     net.eval()
     if run is not None:
         load_weights(net, run / "model.safetensors")
+    max_length = max_length or cfg.max_length or model_context(net)
+    exs, icl = in_context(t, tokenizer, train_ex, exs, icl_shots, max_length)
     res = evaluate(net, tokenizer, t, exs, batch_size=batch_size, autocast=autocast, device=dev,
-                   max_length=max_length or cfg.max_length)
-    return {"accuracy": res["accuracy"], "n": res["n"], "split": split, "model": model_name,
-            "task": task_name, "run": str(run) if run is not None else None}
+                   max_length=max_length)
+    return {"accuracy": res["score"], "metric": res["metric"], "n": res["n"], "split": split,
+            "model": model_name, "task": task_name, "run": str(run) if run is not None else None,
+            "metrics": _metrics_only(res), "icl": icl, "eval_time_s": round(time.perf_counter() - t0, 3)}
+
+
+def load_task_data(config: TrainConfig) -> tuple[Task, list, list, list]:
+    """(task, train, dev, test) examples as the config asks, each split checked non-empty."""
+    task = get_task(config.task, spec=config.task_spec)
+    splits = {}
+    for split, cap in (("train", None), ("dev", config.eval_examples), ("test", config.test_examples)):
+        examples = task.load(split, data_dir=config.data_dir)[:cap]
+        if not examples:
+            raise ValueError(f"task {config.task}: the {split} split has no examples; check its data file")
+        splits[split] = examples
+    return task, splits["train"], splits["dev"], splits["test"]
+
+
+def in_context(task: Task, tokenizer, train_ex: list, examples: list, shots: int,
+               max_length: int) -> tuple[list, dict | None]:
+    """``examples`` with ``shots`` demonstrations from ``train_ex`` in front (as many as fit), and
+    what was shown; unchanged and None for zero-shot."""
+    if not shots:
+        return examples, None
+    demos = draw_demonstrations(task, train_ex, shots)
+    with_demos, used = with_demonstrations(task, tokenizer, examples, demos, max_length)
+    return with_demos, shots_summary(shots, used, max_length)
+
+
+def _metrics_only(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k not in ("score", "n")}

@@ -1,18 +1,49 @@
-"""Task registry and the shared scoring helpers (see ``base`` for the prompt/candidate scheme)."""
+"""Tasks: registry, formatted examples, and the scoring, loss and evaluation shared per kind.
 
-from .base import Example, Task, candidate_ids, candidate_logits, encode, evaluate, loss_fn
+``get_task(name)`` returns a registered task; a path to the user's own data (a .jsonl/.csv/.tsv
+file, or a folder saved by ``datasets``), or a ``datasets.Dataset``, becomes a ``CustomTask``
+built with ``spec`` (see ``custom.py`` and docs/tasks.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import KINDS, ClassificationTask, Example, Task
+from .batches import OBJECTIVES, check_objective, encode, loss_fn
+from .classification import candidate_logits
+from .evaluation import evaluate
 from .sst2 import SST2Task
 
 TASKS: dict[str, type[Task]] = {"sst2": SST2Task}
+DATA_SUFFIXES = (".jsonl", ".csv", ".tsv")
 
 
-def get_task(name: str) -> Task:
-    """Instantiate a registered task by name (case-insensitive, '-' and '_' ignored: 'SST-2' works)."""
-    key = name.lower().replace("-", "").replace("_", "")
+def looks_like_data(name) -> bool:
+    """Whether ``name`` names the user's own data rather than a registered task."""
+    if not isinstance(name, (str, Path)):
+        return True  # e.g. a datasets.Dataset object
+    path = Path(str(name)).expanduser()
+    return path.suffix.lower() in DATA_SUFFIXES or path.is_dir() or any(s in str(name) for s in ("/", "\\"))
+
+
+def get_task(name, spec=None) -> Task:
+    """A registered task by name (case-insensitive, '-' and '_' ignored: 'SST-2' works), or the
+    user's own data (a path or a ``datasets.Dataset``) described by ``spec``."""
+    if looks_like_data(name):
+        try:
+            from .custom import CustomTask
+        except ImportError as e:  # custom.py is optional while it is being written
+            raise ValueError(f"task {name!r} looks like a data file, but own-data tasks are unavailable ({e})") from None
+        return CustomTask(name, spec)
+    key = str(name).lower().replace("-", "").replace("_", "")
     if key not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}, "
+                         "or a path to your own .jsonl/.csv/.tsv data with --task-spec")
+    if spec is not None:
+        raise ValueError(f"task {name!r} is built in and takes no task spec; a spec describes your own data file")
     return TASKS[key]()
 
 
-__all__ = ["Example", "Task", "TASKS", "get_task", "encode", "candidate_ids", "candidate_logits",
-           "loss_fn", "evaluate", "SST2Task"]
+__all__ = ["Example", "Task", "ClassificationTask", "KINDS", "OBJECTIVES", "TASKS", "get_task", "encode",
+           "loss_fn", "evaluate", "candidate_logits", "check_objective", "SST2Task"]

@@ -1,0 +1,83 @@
+"""One batch builder and one loss for every task: both dispatch on the task's kind.
+
+``encode`` turns examples into the tensors their kind scores; ``loss_fn(model, batch)`` is the
+training objective. With ``objective="loss"`` that is the kind's cross-entropy; ``"accuracy"`` and
+``"f1"`` train on the batch's negative metric instead, which has no gradient: zeroth-order methods
+only need loss *values*, which is how MeZO trains on SQuAD F1 (Malladi et al. 2023, Sec. 3.3).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import KINDS, Example, Task
+from .choice import choice_loss, choice_scores, encode_choices
+from .classification import candidate_logits, classification_loss, encode_classification
+from .generation import encode_generation, generate_answers, generation_loss
+
+OBJECTIVES = ("loss", "accuracy", "f1")
+
+
+def check_objective(task: Task, objective: str) -> None:
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)} (got {objective!r})")
+    if objective == "f1" and task.kind != "generation":
+        raise ValueError(f"objective 'f1' scores generated answers; task {task.name!r} is {task.kind}: "
+                         "use --objective accuracy (or loss)")
+
+
+def encode(task: Task, tokenizer, examples: list[Example], max_length: int | None = None,
+           objective: str = "loss") -> dict:
+    """The batch of ``examples`` for the task's kind (``max_length`` caps each sequence, None: no cap)."""
+    if not examples:
+        raise ValueError("encode() needs at least one example")
+    if task.kind not in KINDS:
+        raise ValueError(f"task {task.name!r} has kind {task.kind!r}; known kinds: {', '.join(KINDS)}")
+    check_objective(task, objective)
+    if task.kind == "classification":
+        batch = encode_classification(tokenizer, examples, max_length)
+    elif task.kind == "multiple_choice":
+        batch = encode_choices(tokenizer, examples, max_length, normalize=getattr(task, "normalize", False))
+    else:
+        batch = encode_generation(task, tokenizer, examples, max_length)
+    if batch["kind"] != "generation" and "correct" not in batch:
+        batch["correct"] = torch.nn.functional.one_hot(batch["labels"], len(examples[0].candidates)).bool()
+    batch["objective"] = objective
+    if objective != "loss" and task.kind == "generation":
+        batch["decoder"] = (tokenizer, task, examples)
+    return batch
+
+
+def scores(model, batch: dict) -> torch.Tensor:
+    """[B, C] candidate scores of a classification / multiple-choice batch (argmax = prediction)."""
+    if batch["kind"] == "classification":
+        return candidate_logits(model, batch)
+    return choice_scores(model, batch)
+
+
+def kind_loss(model, batch: dict) -> torch.Tensor:
+    kind = batch["kind"]
+    if kind == "classification":
+        return classification_loss(model, batch)
+    if kind == "choice":
+        return choice_loss(model, batch)
+    return generation_loss(model, batch)
+
+
+def hits(score_matrix: torch.Tensor, batch: dict) -> torch.Tensor:
+    """[B] 1.0 where the best-scoring candidate counts as right."""
+    pred = score_matrix.argmax(-1).cpu()
+    return batch["correct"].gather(1, pred.unsqueeze(1)).squeeze(1).float()
+
+
+def loss_fn(model, batch: dict) -> torch.Tensor:
+    """The training objective of the batch (lower is better)."""
+    objective = batch.get("objective", "loss")
+    if objective == "loss":
+        return kind_loss(model, batch)
+    if batch["kind"] != "generation":
+        return -hits(scores(model, batch), batch).mean()
+    tokenizer, task, examples = batch["decoder"]
+    preds = generate_answers(model, tokenizer, task, batch)
+    key = "em" if objective == "accuracy" else "f1"
+    return -torch.tensor([task.score_answer(p, ex)[key] for p, ex in zip(preds, examples)]).mean()

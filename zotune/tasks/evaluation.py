@@ -1,0 +1,54 @@
+"""Evaluation shared by every task: the task's metric over examples, batched, without gradients."""
+
+from __future__ import annotations
+
+import torch
+
+from ..models import autocast_context
+from .base import Example, Task
+from .batches import encode, hits, scores
+from .encoding import model_context
+from .generation import generate_answers
+from .scoring import cross_entropy, model_device
+
+
+def evaluate(model, tokenizer, task: Task, examples: list[Example], batch_size: int = 32,
+             autocast: str | None = None, device=None, max_length: int | None = None) -> dict:
+    """The task's metric on ``examples``.
+
+    Returns ``metric`` (the task's headline metric), ``score`` (its value), ``n`` and the kind's
+    metrics: ``accuracy`` and the mean cross-entropy ``loss`` for classification and multiple
+    choice, ``em`` and ``f1`` for generation. Examples are batched in order of prompt length so
+    padding stays small; left padding makes rows independent, so the order does not matter.
+    ``max_length`` None means the model's context length.
+    """
+    if not examples:
+        raise ValueError("evaluate() needs at least one example")
+    device = torch.device(device) if device is not None else model_device(model)
+    max_length = max_length or model_context(model)
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt))
+    totals: dict[str, float] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), autocast_context(device, autocast):
+            for start in range(0, len(order), batch_size):
+                chunk = [examples[i] for i in order[start:start + batch_size]]
+                batch = encode(task, tokenizer, chunk, max_length=max_length)
+                for key, value in _batch_totals(model, tokenizer, task, chunk, batch).items():
+                    totals[key] = totals.get(key, 0.0) + value
+    finally:
+        model.train(was_training)
+    n = len(examples)
+    out = {k: v / n for k, v in totals.items()}
+    return {"metric": task.metric, "score": out[task.metric], "n": n, **out}
+
+
+def _batch_totals(model, tokenizer, task: Task, chunk: list[Example], batch: dict) -> dict[str, float]:
+    if batch["kind"] == "generation":
+        preds = generate_answers(model, tokenizer, task, batch)
+        results = [task.score_answer(p, ex) for p, ex in zip(preds, chunk)]
+        return {"em": sum(r["em"] for r in results), "f1": sum(r["f1"] for r in results)}
+    s = scores(model, batch)
+    return {"accuracy": float(hits(s, batch).sum()),
+            "loss": float(cross_entropy(s, batch["labels"], reduction="sum"))}

@@ -1,0 +1,61 @@
+"""Forward passes that apply the LM head only where something is scored.
+
+Everything here *calls* modules (the model, and through it its LM head), never reads
+``module.weight``: the ZO engine perturbs weights in forward hooks, which a direct weight read
+would silently bypass. ``logits_to_keep`` makes Hugging Face causal LMs run the LM head on the
+last positions only (``lm_head(hidden[:, -k:])``), so a batch costs B x k x vocab, not
+B x sequence x vocab; the rows are left-padded, so those last positions are the scored ones.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that ignore left padding (models with absolute positions need them)."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def last_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int) -> torch.Tensor:
+    """Logits [B, keep, V] of the last ``keep`` positions."""
+    dev = model_device(model)
+    mask = attention_mask.to(dev)
+    kwargs = dict(input_ids=input_ids.to(dev), attention_mask=mask, position_ids=positions(mask))
+    try:
+        logits = model(**kwargs, logits_to_keep=keep).logits
+    except TypeError:  # older / custom models without logits_to_keep
+        logits = model(**kwargs).logits
+    return logits[:, -keep:, :]
+
+
+def continuation_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                          cont_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-likelihoods [B, L] of each row's last ``cont_lens[i]`` tokens given what precedes
+    them, and the mask [B, L] of the positions that belong to a continuation (L = max length).
+
+    Token t is predicted at position t-1, so the last L+1 positions are kept and the final one
+    (which predicts past the end) dropped. Float32, whatever the autocast dtype.
+    """
+    span = int(cont_lens.max())
+    logits = last_logits(model, input_ids, attention_mask, span + 1)[:, :-1].float()
+    targets = input_ids[:, -span:].to(logits.device)
+    token_lp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    lens = cont_lens.to(logits.device)
+    mask = torch.arange(span, device=logits.device).unsqueeze(0) >= (span - lens).unsqueeze(1)
+    return token_lp.masked_fill(~mask, 0.0), mask
+
+
+def nll_mean(token_lp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood over the masked tokens (teacher-forced cross-entropy)."""
+    return -(token_lp * mask).sum() / mask.sum().clamp(min=1)
+
+
+def cross_entropy(scores: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of ``labels`` over candidate scores (padding candidates are -inf)."""
+    return F.cross_entropy(scores, labels.to(scores.device), reduction=reduction)
