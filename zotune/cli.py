@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="in-context demonstrations from train (fixed seed), as many as fit; MeZO uses 32 (default 0)")
     p.add_argument("--max-length", type=int, help="maximum tokens per sequence (default: the run's, else the "
                                                   "model's context)")
+    p.add_argument("--max-new-tokens", type=int, help="generation tasks: answer token budget (default: the run's, "
+                                                      "else the task's)")
     p.add_argument("--data-dir", help="benchmark data folder (default: $ZOTUNE_DATA; sst2 has a packaged sample)")
     p.add_argument("--dtype")
     p.add_argument("--autocast", help="bf16 or none (default: the run's, else bf16)")
@@ -177,7 +179,7 @@ def _cmd_eval(args) -> int:
     res = evaluate_run(run=args.run, model=args.model, task=args.task, split=args.split, examples=args.examples,
                        data_dir=args.data_dir, dtype=args.dtype, autocast=autocast, device=args.device,
                        batch_size=args.batch_size, icl_shots=args.icl_shots, task_spec=args.task_spec,
-                       max_length=args.max_length)
+                       max_length=args.max_length, max_new_tokens=args.max_new_tokens)
     if args.json:
         print(json.dumps(res))
     else:

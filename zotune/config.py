@@ -56,6 +56,7 @@ class TrainConfig:
     eval_examples: int | None = 500
     test_examples: int | None = 1000
     max_length: int | None = None
+    max_new_tokens: int | None = None
     seed: int = 0
     dtype: str = "fp32"
     autocast: str | None = "bf16"
@@ -95,6 +96,8 @@ HELP = {
     'test_examples': "test examples for the zero-shot and fine-tuned accuracy ('none': all)",
     'max_length': "maximum tokens per sequence, prompt + answer (longer prompts lose words on the left); "
                   "unset: the model's context length",
+    'max_new_tokens': "generation tasks: token budget of a generated answer (unset: the task's own, 50 for "
+                      "SQuAD and DROP as in MeZO)",
     'seed': 'seed of the batch order and of ZO perturbations',
     'dtype': 'weight dtype. Keep fp32 for ZO: bf16 weights swallow eps-sized perturbations',
     'autocast': "compute dtype of the forward pass ('bf16' or None)",
@@ -272,6 +275,8 @@ def validate(config: TrainConfig) -> None:
         problems.append(f"log_every must be >= 1 (got {c.log_every})")
     if c.max_length is not None and c.max_length < 8:
         problems.append(f"max_length must be >= 8 tokens (got {c.max_length})")
+    if c.max_new_tokens is not None and c.max_new_tokens < 1:
+        problems.append(f"max_new_tokens must be >= 1 or none (got {c.max_new_tokens})")
     if c.icl_shots < 0:
         problems.append(f"icl_shots must be >= 0 (got {c.icl_shots}); 0 evaluates zero-shot, MeZO's ICL uses 32")
     if c.objective not in OBJECTIVES:

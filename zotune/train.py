@@ -386,7 +386,7 @@ def evaluate_run(run: str | Path | None = None, model: str | None = None, task: 
                  split: str = "test", examples: int | None = None, data_dir: str | None = None,
                  dtype: str | None = None, autocast: str | None = "config", device: str | None = None,
                  max_length: int | None = None, batch_size: int = 32, icl_shots: int = 0,
-                 task_spec: str | dict | None = None) -> dict:
+                 task_spec: str | dict | None = None, max_new_tokens: int | None = None) -> dict:
     """The task metric of a saved run's weights, or of a model zero-shot (or with ``icl_shots``
     demonstrations) when ``run`` is None.
 
@@ -413,6 +413,9 @@ def evaluate_run(run: str | Path | None = None, model: str | None = None, task: 
         raise ValueError(f"--icl-shots must be >= 0 (got {icl_shots}); MeZO's ICL baseline uses 32")
     spec = task_spec if task_spec is not None else (cfg.task_spec if task is None else None)
     t = get_task(task_name, spec=spec)
+    budget = max_new_tokens or cfg.max_new_tokens
+    if budget is not None:
+        t.max_new_tokens = budget
     t.check_split(split)
     exs = t.load(split, data_dir=data_dir)[:examples]  # data before the model: bad data fails fast
     if not exs:
@@ -435,6 +438,8 @@ def evaluate_run(run: str | Path | None = None, model: str | None = None, task: 
 def load_task_data(config: TrainConfig) -> tuple[Task, list, list, list]:
     """(task, train, dev, test) examples as the config asks, each split checked non-empty."""
     task = get_task(config.task, spec=config.task_spec)
+    if config.max_new_tokens is not None:
+        task.max_new_tokens = config.max_new_tokens
     splits = {}
     for split, cap in (("train", None), ("dev", config.eval_examples), ("test", config.test_examples)):
         examples = task.load(split, data_dir=config.data_dir)[:cap]

@@ -13,9 +13,15 @@ from .base import KINDS, ClassificationTask, Example, Task
 from .batches import OBJECTIVES, check_objective, encode, loss_fn
 from .classification import candidate_logits
 from .evaluation import evaluate
+from .copa import COPATask
+from .drop import DROPTask
+from .record import ReCoRDTask
+from .squad import SQuADTask
 from .sst2 import SST2Task
+from .superglue import BoolQTask, CBTask, MultiRCTask, RTETask, WiCTask, WSCTask
 
-TASKS: dict[str, type[Task]] = {"sst2": SST2Task}
+TASKS: dict[str, type[Task]] = {t.name: t for t in (SST2Task, RTETask, CBTask, BoolQTask, WSCTask, WiCTask,
+                                                     MultiRCTask, COPATask, ReCoRDTask, SQuADTask, DROPTask)}
 DATA_SUFFIXES = (".jsonl", ".csv", ".tsv")
 
 

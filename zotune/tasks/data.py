@@ -42,8 +42,8 @@ def task_file(task: str, folder: str, names: Sequence[str], data_dir: str | None
         f"(or point --data-dir / ${DATA_ENV} at the folder that holds {folder}/)")
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """One JSON object per line; blank lines are skipped."""
+def read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """(line number, object) for every non-blank line of a JSON-lines file."""
     rows = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
@@ -56,7 +56,7 @@ def read_jsonl(path: Path) -> list[dict]:
                                  "replace the file with an unmodified copy of the official release") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
+            rows.append((lineno, row))
     if not rows:
         raise ValueError(f"{path} holds no rows; replace it with the official file")
     return rows

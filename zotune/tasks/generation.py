@@ -8,6 +8,8 @@ values, until every row has produced a stop string or EOS, or the token budget i
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from .base import Example, Task
@@ -49,6 +51,12 @@ def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
+def cache_argument(model) -> str:
+    """The name of the KV-cache argument and output: ``cache`` in recent transformers (which
+    deprecates ``past_key_values``), ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 @torch.no_grad()
 def greedy_decode(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   max_new_tokens: int, stop: tuple[str, ...] = ("\n",), use_cache: bool = True
@@ -65,10 +73,11 @@ def greedy_decode(model, tokenizer, input_ids: torch.Tensor, attention_mask: tor
     out_ids: list[list[int]] = [[] for _ in range(n)]
     done = [False] * n
     past, step_ids, step_pos = None, ids, positions(mask)
+    cache_arg = cache_argument(model)
     for _ in range(max_new_tokens):
         kwargs = dict(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, use_cache=use_cache)
         if past is not None:
-            kwargs["past_key_values"] = past
+            kwargs[cache_arg] = past
         out = model(**kwargs, logits_to_keep=1)
         nxt = out.logits[:, -1, :].argmax(-1)
         for i, t in enumerate(nxt.tolist()):
@@ -83,7 +92,7 @@ def greedy_decode(model, tokenizer, input_ids: torch.Tensor, attention_mask: tor
             break
         mask = torch.cat([mask, mask.new_ones((n, 1))], dim=1)
         if use_cache:
-            past, step_ids = out.past_key_values, nxt.unsqueeze(1)
+            past, step_ids = getattr(out, cache_arg), nxt.unsqueeze(1)
             step_pos = positions(mask)[:, -1:]
         else:
             ids = torch.cat([ids, nxt.unsqueeze(1)], dim=1)
