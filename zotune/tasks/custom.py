@@ -44,6 +44,7 @@ class CustomTask(Task):
         self.metric = self.spec.metric
         self.name = self.spec.name or _default_name(source)
         self.separator = self.spec.separator
+        self.normalize = self.spec.normalize  # read by the multiple-choice scoring
         if self.spec.stop is not None:
             self.stop = self.spec.stop
         if self.spec.max_new_tokens is not None:

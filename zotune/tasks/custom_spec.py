@@ -18,7 +18,7 @@ import yaml
 
 KINDS = ("classification", "multiple_choice", "generation")
 SPLITS = ("train", "dev", "test")
-METRICS = {"classification": ("accuracy", "f1"), "multiple_choice": ("accuracy",), "generation": ("em", "f1")}
+METRICS = {"classification": ("accuracy",), "multiple_choice": ("accuracy",), "generation": ("em", "f1")}
 DEFAULT_METRIC = {"classification": "accuracy", "multiple_choice": "accuracy", "generation": "f1"}
 DEFAULT_FRACTIONS = {"dev": 0.1, "test": 0.1}
 
@@ -30,10 +30,11 @@ KEYS = {
     "verbalizers": "classification: label value -> word, or a list of words for labels 0..n-1",
     "choices": "multiple choice: a field holding a list of choices, or a list of fields, one per choice",
     "answer": "multiple choice: the field holding the right choice, as its 0-based index or its text",
+    "normalize": "multiple choice: true scores each choice by its mean token log-likelihood, not the sum",
     "completion": "generation: the field holding the gold completion (a string or a list of accepted strings)",
     "stop": "generation: string(s) that end decoding (default: a newline)",
     "max_new_tokens": "generation: decoding budget in tokens (default: the generation kind's, 50)",
-    "metric": "the headline metric (default: accuracy; f1 for generation)",
+    "metric": "the headline metric: accuracy (classification, multiple choice), f1 (default) or em (generation)",
     "files": "per-split files {train: ..., dev: ..., test: ...}, relative to the data file's folder",
     "split": "fractions drawn from the train rows for splits without a file (default: {dev: 0.1, test: 0.1, seed: 0})",
 }
@@ -41,7 +42,8 @@ KEYS = {
 
 KIND_KEYS = {"classification": "label", "multiple_choice": "choices", "generation": "completion"}
 COMPANION = {"label": ("verbalizers",), "choices": ("answer",), "completion": ()}
-ONLY_WITH = {"verbalizers": "label", "answer": "choices", "stop": "completion", "max_new_tokens": "completion"}
+ONLY_WITH = {"verbalizers": "label", "answer": "choices", "normalize": "choices", "stop": "completion",
+             "max_new_tokens": "completion"}
 
 EXAMPLE_SPEC = ("template: \"Review: {text}\\nSentiment:\"\n"
                 "label: label\n"
@@ -81,6 +83,7 @@ class TaskSpec:
     verbalizers: tuple[tuple[str, str], ...] = ()  # (label key, word), in the spec's order
     choices: str | tuple[str, ...] | None = None
     answer: str | None = None
+    normalize: bool = False
     completion: str | None = None
     stop: tuple[str, ...] | None = None  # None: the generation kind's defaults
     max_new_tokens: int | None = None
@@ -178,6 +181,10 @@ def _parse(data: dict, where: str) -> TaskSpec:
         out["verbalizers"] = _verbalizers(data["verbalizers"], where)
     if "choices" in data:
         out["choices"] = _choices(data["choices"], where)
+    if "normalize" in data:
+        if not isinstance(data["normalize"], bool):
+            raise ValueError(f"{where}: normalize must be true or false, got {data['normalize']!r}")
+        out["normalize"] = data["normalize"]
     if "stop" in data:
         stop = data["stop"]
         stop = [stop] if isinstance(stop, str) else stop
