@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch.nn.modules import module as nn_module
 
-from zotune.kernels import stochastic_round, update_
 from zotune.optim import MeZO, NonFiniteLossError
-from zotune.rng import BLOCK, NoiseSource, mix, name_key
+from zotune.passes import stochastic_round, update_
+from zotune.rng import SEGMENT, CounterRNG, mix, name_key
+from zotune.samplers import Sampler
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -58,24 +59,24 @@ def assert_bit_identical(model, snap):
 # ---------------------------------------------------------------------------------- noise
 @pytest.mark.parametrize("kind", ["gaussian", "rademacher", "uniform"])
 def test_noise_is_counter_based_any_chunking(kind):
-    src = NoiseSource()
-    numel = 3 * BLOCK + 123
-    full = src.noise(seed=7, key=11, offset=0, n=numel, numel=numel, kind=kind)
-    for chunk in (1, 1000, BLOCK - 1, BLOCK + 5, 2 * BLOCK):
-        parts = [src.noise(7, 11, a, min(chunk, numel - a), numel, kind) for a in range(0, numel, chunk)] \
-            if chunk > 999 else [src.noise(7, 11, a, 1, numel, kind) for a in (0, BLOCK - 1, BLOCK, numel - 1)]
+    src = CounterRNG()
+    numel = 3 * SEGMENT + 123
+    full = src.draw(seed=7, key=11, offset=0, n=numel, numel=numel, kind=kind)
+    for chunk in (1, 1000, SEGMENT - 1, SEGMENT + 5, 2 * SEGMENT):
+        parts = [src.draw(7, 11, a, min(chunk, numel - a), numel, kind) for a in range(0, numel, chunk)] \
+            if chunk > 999 else [src.draw(7, 11, a, 1, numel, kind) for a in (0, SEGMENT - 1, SEGMENT, numel - 1)]
         if chunk > 999:
             assert torch.equal(torch.cat(parts), full)
         else:  # single elements at block edges
-            assert torch.equal(torch.cat(parts), full[[0, BLOCK - 1, BLOCK, numel - 1]])
-    assert not torch.equal(src.noise(8, 11, 0, 100, numel, kind), full[:100])  # seed matters
-    assert not torch.equal(src.noise(7, 12, 0, 100, numel, kind), full[:100])  # key matters
+            assert torch.equal(torch.cat(parts), full[[0, SEGMENT - 1, SEGMENT, numel - 1]])
+    assert not torch.equal(src.draw(8, 11, 0, 100, numel, kind), full[:100])  # seed matters
+    assert not torch.equal(src.draw(7, 12, 0, 100, numel, kind), full[:100])  # key matters
     mean, std = {"gaussian": (0, 1), "rademacher": (0, 1), "uniform": (0.5, 12**-0.5)}[kind]
     assert abs(full.mean().item() - mean) < 0.02 and abs(full.std().item() - std) < 0.02
 
 
 def test_rademacher_and_keys():
-    z = NoiseSource().noise(1, 2, 0, 10000, 10000, kind="rademacher")
+    z = CounterRNG().draw(1, 2, 0, 10000, 10000, kind="rademacher")
     assert set(z.unique().tolist()) == {-1.0, 1.0}
     assert name_key("layer.weight") == name_key("layer.weight") != name_key("layer.bias")
     assert mix(1, 2) != mix(2, 1)
@@ -137,22 +138,22 @@ def test_perturbed_forward_equals_explicit_perturbation(autocast):
                 return closure()
         return run
 
-    opt.evaluate(under_autocast(ce_closure(model, ids, y)), seed, 1e-2)  # first call calibrates
-    loss = opt.evaluate(under_autocast(ce_closure(model, ids, y)), seed, 1e-2)
+    opt.engine.loss_at(under_autocast(ce_closure(model, ids, y)), seed, 1e-2)  # first call learns the layout
+    loss = opt.engine.loss_at(under_autocast(ce_closure(model, ids, y)), seed, 1e-2)
     ref = copy.deepcopy(model)
-    src = NoiseSource()
+    src = CounterRNG()
     with torch.no_grad():
         for name, p in ref.named_parameters():  # tied weight listed once
-            z = src.noise(seed, name_key(name), 0, p.numel(), p.numel()).view_as(p)
+            z = src.draw(seed, name_key(name), 0, p.numel(), p.numel()).view_as(p)
             p.add_(z, alpha=1e-2)
     assert torch.equal(loss, under_autocast(ce_closure(ref, ids, y))().float())
-    assert opt._shared  # the tied weight was recognised
+    assert opt.engine.tied  # the tied weight was recognised
 
 
 # ---------------------------------------------------------------------------------- invariant 3
 def test_stochastic_rounding_is_unbiased():
     x = torch.full((200_000,), 1.0 + 1e-3)  # bf16 ulp at 1 is 2**-7: 1e-3 is below half an ulp
-    u = NoiseSource().noise(3, 4, 0, x.numel(), x.numel(), kind="uniform")
+    u = CounterRNG().draw(3, 4, 0, x.numel(), x.numel(), kind="uniform")
     sr = stochastic_round(x, torch.bfloat16, u).float()
     assert torch.all(x.bfloat16().float() == 1.0)  # round-to-nearest loses the update entirely
     assert set(sr.unique().tolist()) == {1.0, 1.0078125}
@@ -164,8 +165,8 @@ def test_stochastic_rounding_is_unbiased():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_update_mean_matches_exact_update(dtype):
     n, coef = 100_000, 1e-4
-    src = NoiseSource()
-    z = src.noise(5, 1, 0, n, n, kind="rademacher")
+    src = CounterRNG()
+    z = src.draw(5, 1, 0, n, n, kind="rademacher")
     p = torch.full((n,), 0.5, dtype=dtype)
     update_(p, lambda a, b: z[a:b] * coef, chunk=4096, rounding=(src, 5, 1))
     delta = (p.float() - 0.5) * z  # per-element update along +z; exact value is coef
@@ -265,7 +266,7 @@ def run_steps(model, steps=4, reverse=False, **kw):
 
 def test_same_seed_same_weights_any_chunk_size_and_order():
     ref = run_steps(big_model(), chunk_size=1 << 20)
-    for chunk in (4096, BLOCK + 17, 999_983):
+    for chunk in (4096, SEGMENT + 17, 999_983):
         assert torch.equal(run_steps(big_model(), chunk_size=chunk), ref), chunk
     assert torch.equal(run_steps(big_model(), reverse=True), ref)
     assert not torch.equal(run_steps(big_model(), seed=1), ref)
@@ -295,13 +296,13 @@ def test_spsa_average_matches_autograd_gradient():
     model, loss = least_squares()
     true = torch.autograd.grad(loss(), model.weight)[0].flatten()
     opt = MeZO(model.named_parameters(), lr=0.0, eps=1e-3)
-    key = opt._entries[id(model.weight)].key
+    key = opt.engine.entry(model.weight).key
     est = torch.zeros_like(true)
-    src = NoiseSource()
+    src = CounterRNG()
     for _ in range(2000):
         seed = opt.step_seed()
-        lp, lm = opt.two_point(loss, seed, 1e-3)
-        est += (lp - lm) / 2e-3 * src.noise(seed, key, 0, true.numel(), true.numel())
+        lp, lm = opt.engine.two_point(loss, seed, 1e-3)
+        est += (lp - lm) / 2e-3 * src.draw(seed, key, 0, true.numel(), true.numel())
         opt.finish_step(0.0)
     cos = torch.nn.functional.cosine_similarity(est, true, dim=0).item()
     assert cos >= 0.95, cos
@@ -365,25 +366,27 @@ def test_ctrl_c_during_update_finishes_the_step_then_interrupts():
     import os
     import signal
 
-    class Interrupted(MeZO):
-        sent = False
+    class Interrupting(Sampler):
+        """Dense draws that send Ctrl-C once, from inside the update pass."""
+        engine, sent = None, False
 
-        def direction(self, e, seed):
-            if self._sigint.previous is not None and not self.sent:  # inside the update pass
+        def draw(self, e, seed, t):
+            if self.engine.hold.holding and not self.sent:
                 self.sent = True
                 os.kill(os.getpid(), signal.SIGINT)
             return None
 
     ref, got = big_model(), big_model()
     x = torch.randn(16, 300, generator=torch.Generator().manual_seed(1))
-    for model, cls in ((ref, MeZO), (got, Interrupted)):
-        opt = cls(model.named_parameters(), lr=1e-2)
+    for model, sampler in ((ref, Sampler()), (got, Interrupting())):
+        opt = MeZO(model.named_parameters(), lr=1e-2, sampler=sampler)
+        sampler.engine = opt.engine
         try:
             opt.step(lambda: model(x).sum())
         except KeyboardInterrupt:
-            assert cls is Interrupted and opt.sent
+            assert sampler.sent
         else:
-            assert cls is MeZO
+            assert not isinstance(sampler, Interrupting)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     for a, b in zip(ref.parameters(), got.parameters()):  # every parameter was updated
         assert torch.equal(a, b)

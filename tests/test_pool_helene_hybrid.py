@@ -11,7 +11,7 @@ from zotune.optim import build_optimizer
 from zotune.optim.helene import HELENE
 from zotune.optim.hybrid_zo import HybridZO
 from zotune.optim.mezo_greedy import MeZOGreedy
-from zotune.optim.mezo_gv import MeZOGV, pool_seeds
+from zotune.optim.mezo_gv import MeZOGV
 
 EPS = 1e-3
 
@@ -103,8 +103,7 @@ def recording(closure):
 
 def noise(opt, model, combo):
     """Σ w·z(seed) over the model's parameters, flattened in parameter order."""
-    entries = {id(e.param): e for g in opt.param_groups for e in opt.trainable(g)}
-    return torch.cat([opt.direction_tensor(entries[id(p)], combo).flatten() for p in model.parameters()])
+    return torch.cat([opt.engine.tensor(opt.engine.entry(p), combo).flatten() for p in model.parameters()])
 
 
 def test_greedy_steps_along_the_argmin_candidate():
@@ -112,7 +111,7 @@ def test_greedy_steps_along_the_argmin_candidate():
     lr, size = 1e-2, 4
     opt = MeZOGreedy(model.named_parameters(), lr=lr, eps=EPS, pool_size=size)
     opt.step(closure)  # past the engine's first-step calibration
-    seeds = pool_seeds(opt, 0, size)
+    seeds = opt.current_step().pool_seeds(0, size)
     wrapped, losses = recording(closure)
     before = flat(model)
     opt.step(wrapped)
@@ -130,7 +129,7 @@ def test_gv_steps_along_elite_minus_rest():
     lr, size = 1e-2, 4
     opt = MeZOGV(model.named_parameters(), lr=lr, eps=EPS, pool_size=size, split_ratio=0.5)
     opt.step(closure)
-    seeds = pool_seeds(opt, 0, size)
+    seeds = opt.current_step().pool_seeds(0, size)
     wrapped, losses = recording(closure)
     before = flat(model)
     opt.step(wrapped)
@@ -153,7 +152,7 @@ def test_helene_first_step_follows_the_rule():
     g = (losses[-2] - losses[-1]) / (2 * EPS)
     entries = {id(e.param): e for e in opt.trainable(opt.param_groups[0])}
     for p, old in zip(model.parameters(), before):
-        ghat = g * opt.noise_tensor(entries[id(p)], seed)
+        ghat = g * opt.engine.tensor(entries[id(p)], seed)
         assert torch.allclose(opt.state[p]["m"], ghat)  # α₀ = 1
         curv = gamma * ghat * ghat  # bias-corrected EMA after one refresh
         curv = torch.maximum(curv, curv.mean().clamp(min=floor))

@@ -8,11 +8,12 @@ from method_checks import (PROBLEMS, check_converges, check_forward_count, check
                            check_resume, check_same_seed, check_state_bytes)
 
 from zotune.optim.block_zo import BlockZO
-from zotune.optim.lezo import LeZO, block_label
+from zotune.optim.lezo import LeZO
 from zotune.optim.lozo import LOZO
 from zotune.optim.sparse_zo import SparseZO
 from zotune.optim.subzero import SubZero
 from zotune.rng import mix
+from zotune.samplers import block_label
 
 # method -> (class, options, lr for the convergence checks, {problem: (steps, factor)})
 # Small problems: rank 2 (the MLP's 16×8 and 1×16 matrices), periods short enough to refresh.
@@ -63,7 +64,7 @@ def test_bad_hyperparameters(cls):
 def matrix_entry(cls, m=40, n=30, **opts):
     layer = torch.nn.Linear(n, m, bias=False)
     opt = cls(layer.named_parameters(), **opts)
-    return opt, next(opt.trainable(opt.param_groups[0]))
+    return opt, opt.trainable(opt.param_groups[0])[0]
 
 
 def test_subzero_rank_and_second_moment():
@@ -74,7 +75,7 @@ def test_subzero_rank_and_second_moment():
     norms = []
     for s in range(500):
         opt.zo_step = s  # new U, V every refresh_every steps too
-        z = opt.direction(e, mix(7, s))
+        z = opt.sampler.draw(e, mix(7, s), opt.current_step())
         if s < 20:
             assert torch.linalg.matrix_rank(z).item() <= r
         norms.append(z.square().sum().item())
@@ -85,12 +86,12 @@ def test_subzero_rank_and_second_moment():
 def test_subzero_subspace_fixed_within_period_then_refreshed():
     r, period = 3, 5
     opt, e = matrix_entry(SubZero, rank=r, refresh_every=period)
-    a = opt.direction(e, 1)
+    a = opt.sampler.draw(e, 1, opt.current_step())
     opt.zo_step = period - 1
-    b = opt.direction(e, 2)
+    b = opt.sampler.draw(e, 2, opt.current_step())
     assert torch.linalg.matrix_rank(torch.cat([a, b], 1)).item() == r  # same column space
     opt.zo_step = period
-    c = opt.direction(e, 2)
+    c = opt.sampler.draw(e, 2, opt.current_step())
     assert torch.linalg.matrix_rank(torch.cat([a, c], 1)).item() == 2 * r  # new subspace
 
 
@@ -98,16 +99,16 @@ def test_lozo_rank_lazy_factor_and_second_moment():
     """rank(UVᵀ) ≤ r; V (the row space) is kept for ν steps; E‖UVᵀ‖² = m·n·r (unscaled)."""
     r, period = 2, 4
     opt, e = matrix_entry(LOZO, rank=r, refresh_every=period)
-    a, b = opt.direction(e, 1), opt.direction(e, 2)
+    a, b = opt.sampler.draw(e, 1, opt.current_step()), opt.sampler.draw(e, 2, opt.current_step())
     assert torch.linalg.matrix_rank(a).item() <= r
     assert torch.linalg.matrix_rank(torch.cat([a, b], 0)).item() == r  # same V
     opt.zo_step = period
-    c = opt.direction(e, 1)
+    c = opt.sampler.draw(e, 1, opt.current_step())
     assert torch.linalg.matrix_rank(torch.cat([a, c], 0)).item() == 2 * r
     norms = []
     for s in range(400):
         opt.zo_step = s * period  # new V too, so the average is over both factors
-        norms.append(opt.direction(e, mix(3, s)).square().sum().item())
+        norms.append(opt.sampler.draw(e, mix(3, s), opt.current_step()).square().sum().item())
     assert abs(sum(norms) / len(norms) / (40 * 30 * r) - 1) < 0.1
 
 
@@ -117,7 +118,8 @@ def test_dense_stream_for_vectors_and_thin_matrices():
     for cls in (SubZero, LOZO):
         model, _ = PROBLEMS["mlp"]()
         opt = cls(model.named_parameters(), rank=2)
-        dense = {tuple(e.param.shape): opt.direction(e, 5) is None for e in opt.trainable(opt.param_groups[0])}
+        t = opt.current_step()
+        dense = {tuple(e.param.shape): opt.sampler.draw(e, 5, t) is None for e in opt.trainable(opt.param_groups[0])}
         assert dense == {(16, 8): False, (16,): True, (1, 16): True, (1,): True}
 
 
@@ -149,10 +151,10 @@ def test_block_label():
 def test_lezo_updates_only_the_chosen_layers_and_the_choice_moves():
     model, closure = deep_mlp()
     opt = LeZO(model.named_parameters(), lr=0.05, sparsity=0.5)
-    assert len(opt.blocks) == 6 and opt.blocks_per_step == 3
+    assert len(opt.sampler.blocks) == 6 and opt.sampler.blocks_per_step == 3
     seen = set()
     for _ in range(5):
-        chosen = opt.active_blocks()
+        chosen = opt.sampler.labels(opt.current_step())
         before = params_by_block(model)
         opt.step(closure)
         after = params_by_block(model)
@@ -168,9 +170,9 @@ def test_sparse_zo_masked_coordinates_stay_within_a_period():
     period = 4
     model, closure = PROBLEMS["mlp"]()
     opt = SparseZO(model.named_parameters(), lr=0.05, density=0.3, resample_every=period)
-    entries = list(opt.trainable(opt.param_groups[0]))
+    entries = opt.trainable(opt.param_groups[0])
     for start in (0, period):  # two mask periods
-        masks = [opt.mask(e) for e in entries]
+        masks = [opt.sampler.mask(e, opt.current_step()) for e in entries]
         before = [e.param.detach().clone() for e in entries]
         for _ in range(period):
             opt.step(closure)
@@ -184,12 +186,12 @@ def test_sparse_zo_masked_coordinates_stay_within_a_period():
 def test_sparse_zo_mask_changes_with_the_period():
     model, _ = PROBLEMS["mlp"]()
     opt = SparseZO(model.named_parameters(), density=0.5, resample_every=3)
-    e = next(opt.trainable(opt.param_groups[0]))
-    first = opt.mask(e)
+    e = opt.trainable(opt.param_groups[0])[0]
+    first = opt.sampler.mask(e, opt.current_step())
     opt.zo_step = 2
-    assert torch.equal(opt.mask(e), first)
+    assert torch.equal(opt.sampler.mask(e, opt.current_step()), first)
     opt.zo_step = 3
-    assert not torch.equal(opt.mask(e), first)
+    assert not torch.equal(opt.sampler.mask(e, opt.current_step()), first)
 
 
 # ------------------------------------------------------------------------------- blocks
@@ -200,10 +202,10 @@ def test_block_zo_updates_each_block_with_its_own_estimate():
     opt = BlockZO(model.named_parameters(), lr=lr, eps=eps)
     seed = opt.step_seed()
     entries = {id(e.param): e for e in opt.trainable(opt.param_groups[0])}
-    z = {pid: opt.noise_tensor(e, seed) for pid, e in entries.items()}
+    z = {pid: opt.engine.tensor(e, seed) for pid, e in entries.items()}
     before = {pid: e.param.detach().clone() for pid, e in entries.items()}
     expected = {}
-    for _, ids in opt.blocks:  # reference estimate: perturb the block's weights by hand
+    for _, ids in opt.sampler.blocks:  # reference estimate: perturb the block's weights by hand
         losses = []
         for sign in (1, -1):
             with torch.no_grad():
@@ -225,7 +227,7 @@ def test_block_zo_one_block_per_step_cycles():
     assert opt.forward_passes == 4
     visited = []
     for _ in range(3):
-        visited += opt.step_blocks()
+        visited += opt.sampler.labels(opt.current_step())
         before = params_by_block(model)
         opt.step(closure)
         after = params_by_block(model)
@@ -236,5 +238,5 @@ def test_block_zo_one_block_per_step_cycles():
     picks = set()
     for t in range(8):
         rnd.zo_step = t
-        picks.add(tuple(rnd.step_blocks()))
+        picks.add(tuple(rnd.sampler.labels(rnd.current_step())))
     assert len(picks) > 1

@@ -65,17 +65,23 @@ def test_shared_checks(name):
 
 @pytest.mark.parametrize("name", ["zo-sgd-sign", "zo-sgd-momentum", "zo-sgd-cons", "zo-adam", "forward-grad"])
 def test_builds_from_trainer_arguments(name):
-    """The trainer passes lr, weight_decay, eps, seed and noise to every ZO method."""
+    """The trainer passes lr, weight_decay, eps (when set), seed and noise to every ZO method;
+    Forward-Grad has no eps and says so instead of ignoring it."""
     model, closure = mlp()
-    opt = build_optimizer(name, model.named_parameters(), lr=1e-3, weight_decay=0.0, eps=1e-3, seed=0,
-                          noise="rademacher")
+    common = dict(lr=1e-3, weight_decay=0.0, seed=0, noise="rademacher")
+    if name == "forward-grad":
+        with pytest.raises(ValueError, match="does not take \\['eps'\\]"):
+            build_optimizer(name, model.named_parameters(), eps=1e-3, **common)
+    else:
+        common["eps"] = 1e-3
+    opt = build_optimizer(name, model.named_parameters(), **common)
     assert math.isfinite(float(opt.step(closure)))
 
 
 def _z(opt, model, seed=None):
     """The direction of the next step (or of ``seed``), per parameter, as the optimizer draws it."""
     seed = opt.step_seed() if seed is None else seed
-    return [opt.noise_tensor(opt._entries[id(p)], seed) for p in model.parameters()]
+    return [opt.engine.tensor(opt.engine.entry(p), seed) for p in model.parameters()]
 
 
 def _delta(before, model):
@@ -279,8 +285,8 @@ def test_forward_grad_on_a_tiny_language_model():
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     grads = torch.autograd.grad(closure(), [p for _, p in named])
     opt = ForwardGrad(named, lr=0.0)
-    v = [opt.noise_tensor(opt._entries[id(p)], opt.step_seed()) for _, p in named]
+    v = [opt.engine.tensor(opt.engine.entry(p), opt.step_seed()) for _, p in named]
     want = sum((g * vi).sum() for g, vi in zip(grads, v)).item()
     opt.step(closure)
-    assert opt._shared, "tiny-llama's embeddings should be tied"
+    assert opt.engine.tied, "tiny-llama's embeddings should be tied"
     assert abs(opt.last_projected_grad - want) <= 1e-5 * abs(want)

@@ -26,10 +26,13 @@ from torch.nn.modules import module as nn_module
 
 @dataclass
 class Perturbed:
-    """One trainable parameter as the perturbation sees it."""
+    """One trainable parameter as the engine sees it: the tensor, its noise key, its name (None
+    when the optimizer was given plain ``parameters()``) and its 1-based position among them."""
 
     param: torch.Tensor
     key: int
+    name: str | None = None
+    index: int = 0
 
 
 class FunctionalPerturbation:

@@ -4,13 +4,17 @@ Why: a ZO step regenerates the same direction z several times (perturb, update),
 be replayable and independent of how the parameters are chunked or ordered. The global torch RNG
 gives none of that (seeding it also perturbs the user's own randomness), so zotune never touches it.
 
-The stream of one parameter is cut into fixed blocks of ``BLOCK`` elements. Block ``b`` of the
-tensor with key ``key`` at step seed ``seed`` is drawn by a private ``torch.Generator`` seeded with
+Words: the *noise kind* is the distribution ("gaussian", "rademacher", "uniform"); the
+*generator* is :class:`CounterRNG`, which draws any kind; a *stream* is one independent family of
+numbers from the same seed (``DIRECTION``, ``ROUNDING``).
+
+The stream of one parameter is cut into fixed segments of ``SEGMENT`` elements. Segment ``b`` of
+the tensor with key ``key`` at seed ``seed`` is drawn by a private ``torch.Generator`` seeded with
 ``mix(seed, key, stream, b)`` (a SplitMix64 hash), so element ``i`` depends only on
-(seed, key, stream, i) and on the tensor's size (the last block is shorter). Any chunking, any
+(seed, key, stream, i) and on the tensor's size (the last segment is shorter). Any chunking, any
 order of parameters and any subset of elements gives the same numbers. Generators are per device
-type: the CPU stream (Mersenne Twister per block) is the reference; a CUDA tensor uses the same
-block seeds on a CUDA generator, so its stream is fixed per GPU model but differs from the CPU one.
+type: the CPU stream (Mersenne Twister per segment) is the reference; a CUDA tensor uses the same
+segment seeds on a CUDA generator, so its stream is fixed per GPU model but differs from the CPU one.
 Rademacher signs are the bits of random 32-bit words (32 per word), several times cheaper than
 Gaussians on a CPU, where drawing the noise is a large part of a ZO step.
 """
@@ -21,7 +25,7 @@ import zlib
 
 import torch
 
-BLOCK = 1 << 16
+SEGMENT = 1 << 16
 MASK64 = (1 << 64) - 1
 
 # Streams: independent noise families drawn from the same step seed.
@@ -53,8 +57,8 @@ def name_key(name: str) -> int:
     return (zlib.crc32(data) << 32) | zlib.adler32(data)
 
 
-class NoiseSource:
-    """Fills buffers with the counter-based stream; keeps one private generator per device."""
+class CounterRNG:
+    """Draws the counter-based streams into buffers; keeps one private generator per device."""
 
     def __init__(self) -> None:
         self._generators: dict[torch.device, torch.Generator] = {}
@@ -77,7 +81,7 @@ class NoiseSource:
     ) -> torch.Tensor:
         """Write elements ``[offset, offset + out.numel())`` of the stream into the 1-D float ``out``.
 
-        ``numel`` is the size of the whole tensor the stream belongs to (it fixes the last block).
+        ``numel`` is the size of the whole tensor the stream belongs to (it fixes the last segment).
         ``kind``: "gaussian" (N(0, 1)), "rademacher" (±1) or "uniform" ([0, 1)).
         """
         n = out.numel()
@@ -85,30 +89,30 @@ class NoiseSource:
             raise ValueError(f"noise range [{offset}, {offset + n}) outside a tensor of {numel} elements")
         gen = self._generator(out.device)
         pos = 0
-        block = offset // BLOCK
+        segment = offset // SEGMENT
         while pos < n:
-            start = block * BLOCK
-            length = min(BLOCK, numel - start)
-            lo = offset + pos - start  # first wanted element inside this block
+            start = segment * SEGMENT
+            length = min(SEGMENT, numel - start)
+            lo = offset + pos - start  # first wanted element inside this segment
             take = min(length - lo, n - pos)
-            gen.manual_seed(mix(seed, key, stream, block))
+            gen.manual_seed(mix(seed, key, stream, segment))
             if lo == 0 and take == length:
-                _draw(out[pos : pos + take], gen, kind)
-            else:  # partial block: draw it whole (the stream is defined per block), keep a slice
+                _sample(out[pos : pos + take], gen, kind)
+            else:  # partial segment: draw it whole (the stream is defined per segment), keep a slice
                 tmp = torch.empty(length, dtype=out.dtype, device=out.device)
-                _draw(tmp, gen, kind)
+                _sample(tmp, gen, kind)
                 out[pos : pos + take].copy_(tmp[lo : lo + take])
             pos += take
-            block += 1
+            segment += 1
         return out
 
-    def noise(self, seed, key, offset, n, numel, kind="gaussian", stream=DIRECTION, device="cpu"):
-        """Convenience: a new float32 tensor with ``n`` elements of the stream from ``offset``."""
+    def draw(self, seed, key, offset, n, numel, kind="gaussian", stream=DIRECTION, device="cpu"):
+        """A new float32 tensor with ``n`` elements of the stream from ``offset``."""
         out = torch.empty(n, dtype=torch.float32, device=device)
         return self.fill(out, seed, key, offset, numel, kind, stream)
 
 
-def _draw(buf: torch.Tensor, gen: torch.Generator, kind: str) -> None:
+def _sample(buf: torch.Tensor, gen: torch.Generator, kind: str) -> None:
     if kind == "gaussian":
         buf.normal_(generator=gen)
     elif kind == "rademacher":

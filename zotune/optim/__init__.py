@@ -1,8 +1,9 @@
 """Optimizers: zeroth-order methods on zotune's engine, and first-order baselines from torch.optim.
 
 ``build_optimizer(name, named_params, **hparams)`` is what the trainer and the CLI use; every
-method is also importable directly (``zotune.optim.MeZO``). Methods are imported on first use,
-so importing this package stays cheap.
+method is also importable directly (``zotune.optim.MeZO``). Each method registers its name from
+its own file (``zotune.optim.registry``); the registry is filled by importing the package's
+modules the first time a name is looked up.
 """
 
 from __future__ import annotations
@@ -10,38 +11,52 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import pkgutil
+from collections.abc import Mapping
 
-from zotune.optim.base import NonFiniteLossError, ZOOptimizer
+from zotune.engine import NonFiniteLossError
+from zotune.optim.base import ZOOptimizer
+from zotune.optim.registry import METHODS
 
-# CLI name -> (module, class, zeroth-order?)
-OPTIMIZERS: dict[str, tuple[str, str, bool]] = {
-    "mezo": ("zotune.optim.mezo", "MeZO", True),
-    "zo-sgd-sign": ("zotune.optim.zo_sgd_sign", "ZOSGDSign", True),
-    "zo-sgd-momentum": ("zotune.optim.zo_sgd_momentum", "ZOSGDMomentum", True),
-    "zo-sgd-cons": ("zotune.optim.zo_sgd_conservative", "ZOSGDConservative", True),
-    "zo-adam": ("zotune.optim.zo_adam", "ZOAdam", True),
-    "forward-grad": ("zotune.optim.forward_grad", "ForwardGrad", True),
-    "subzero": ("zotune.optim.subzero", "SubZero", True),
-    "lozo": ("zotune.optim.lozo", "LOZO", True),
-    "lezo": ("zotune.optim.lezo", "LeZO", True),
-    "sparse-zo": ("zotune.optim.sparse_zo", "SparseZO", True),
-    "block-zo": ("zotune.optim.block_zo", "BlockZO", True),
-    "hybrid-zo": ("zotune.optim.hybrid_zo", "HybridZO", True),
-    "helene": ("zotune.optim.helene", "HELENE", True),
-    "mezo-gv": ("zotune.optim.mezo_gv", "MeZOGV", True),
-    "mezo-greedy": ("zotune.optim.mezo_greedy", "MeZOGreedy", True),
-    "adanaged": ("zotune.optim.adanaged", "AdaNAGED", True),
-    "sgd": ("torch.optim", "SGD", False),
-    "adamw": ("torch.optim", "AdamW", False),
-}
-_CLASSES = {cls: (mod, cls) for mod, cls, _ in OPTIMIZERS.values() if mod.startswith("zotune.")}
+_NOT_METHODS = {"base", "registry"}
+
+
+def _load_all() -> dict[str, tuple[str, str, bool]]:
+    if not _load_all.done:
+        for info in pkgutil.iter_modules(__path__):
+            if info.name not in _NOT_METHODS:
+                importlib.import_module(f"{__name__}.{info.name}")
+        _load_all.done = True
+    return METHODS
+
+
+_load_all.done = False
+
+
+class _Registry(Mapping):
+    """CLI name -> (module, class, zeroth-order?), filled on first use."""
+
+    def __getitem__(self, name):
+        return _load_all()[name]
+
+    def __iter__(self):
+        return iter(sorted(_load_all()))
+
+    def __len__(self):
+        return len(_load_all())
+
+    def __repr__(self):
+        return repr(dict(self.items()))
+
+
+OPTIMIZERS: Mapping[str, tuple[str, str, bool]] = _Registry()
 
 
 def __getattr__(name: str):
-    """``zotune.optim.ZOAdam`` etc.: import the method's module on first access."""
-    if name in _CLASSES:
-        mod, cls = _CLASSES[name]
-        return getattr(importlib.import_module(mod), cls)
+    """``zotune.optim.ZOAdam`` etc.: the class of a registered zotune method."""
+    for mod, cls, _ in _load_all().values():
+        if cls == name and mod.startswith("zotune."):
+            return getattr(importlib.import_module(mod), cls)
     raise AttributeError(f"module 'zotune.optim' has no attribute {name!r}")
 
 
@@ -91,4 +106,4 @@ def _accepted_args(cls) -> set[str]:
 
 
 __all__ = ["NonFiniteLossError", "OPTIMIZERS", "ZOOptimizer", "available", "build_optimizer",
-           "is_zeroth_order", "optimizer_class", *_CLASSES]
+           "is_zeroth_order", "optimizer_class"]

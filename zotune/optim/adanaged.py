@@ -8,7 +8,8 @@ The algorithm box, the norms, the PF rules and the meaning of "NAG" were NOT ava
 below is a reconstruction (docs/methods.md, section AdaNAGED; the research digest, algorithms.md §1.4) from
 JAGUAR/ZO-Muon (arXiv 2506.04430), uSCG/Scion LMOs (arXiv 2502.07529) and DoG (arXiv 2302.12022).
 
-Per step t, with τ_t the smoothing radius and z(s) the seeded directions (n-SPSA: n of them):
+Per step t, with τ_t the smoothing radius and z(s) the sampler's draws (n-SPSA: n of them). A
+"block" in the paper's sense is one parameter tensor here (index b below):
 
     ĝ_t   = (1/n) Σ_j (L(θ+τ_t z_j) − L(θ−τ_t z_j)) / (2τ_t) · z_j          # 2n forward passes
     m_t   = β m_{t−1} + (1−β) ĝ_t ;  d_t = β m_t + (1−β) ĝ_t  (Nesterov look-ahead; else d_t = m_t)
@@ -50,22 +51,47 @@ import math
 import torch
 
 from zotune.geometry import GEOMETRIES, lmo_for, lmo_step, norm
-from zotune.optim.base import ZOOptimizer
+from zotune.optim.base import ZOOptimizer, check_closure
+from zotune.optim.registry import register
 
 MOMENTUM_STATES = ("buffer", "seeds")
 DISTANCES = ("exact", "bound")
 
 
+def dog_lmo_step(g_hat: torch.Tensor, d: torch.Tensor, geometry: str, stats: list[float]):
+    """The rule for one tensor: u = lmo(d), δ = ‖d‖_*, G ← G + ‖ĝ‖_*², γ = r̄·δ/√G.
+
+    ``stats`` = [r̄, G, Σγ] of the tensor (G updated in place). Returns (u, γ), or None when the
+    step is zero (d = 0 or G = 0). G sums the raw estimates' norms, not the momentum's."""
+    u, dual = lmo_step(d, geometry)
+    raw = dual if d is g_hat else lmo_step(g_hat, geometry)[1]
+    stats[1] += raw * raw
+    if dual == 0.0 or stats[1] == 0.0:
+        return None
+    return u, stats[0] * dual / math.sqrt(stats[1])
+
+
+def seeded_momentum(past: list, now: list[tuple[int, float]], beta: float, nesterov: bool):
+    """d_t as a direction over the last estimates ``past`` (newest first, this step's included):
+    m_t = Σ_k (1−β)β^k ĝ_{t−k}, with the Nesterov look-ahead β·m_t + (1−β)·ĝ_t (truncated
+    momentum, regenerated from seeds)."""
+    combo = [(s, (1 - beta) * beta ** k * w) for k, step in enumerate(past) for s, w in step]
+    if nesterov:
+        combo = [(s, beta * w) for s, w in combo] + [(s, (1 - beta) * w) for s, w in now]
+    return combo
+
+
+@register("adanaged")
 class AdaNAGED(ZOOptimizer):
-    """Parameter-free ZO optimizer with per-block LMO steps. ``loss = opt.step(closure)``.
+    """Parameter-free ZO optimizer with per-tensor LMO steps. ``loss = opt.step(closure)``.
 
     Args:
         beta: momentum (0 = none). nesterov: step along β m_t + (1−β) ĝ_t instead of m_t.
-        geometry: "auto" (per block by ``lmo_for``), one of sign/spectral/colnorm/euclidean for all
-            blocks, or a {fnmatch pattern on the parameter name: geometry} override.
+        geometry: "auto" (per tensor by ``lmo_for``), one of sign/spectral/colnorm/euclidean for all
+            tensors, or a {fnmatch pattern on the parameter name: geometry} override.
         momentum_state: "buffer" (1× fp32) or "seeds" (momentum over the last ``history`` steps,
             regenerated from their seeds: O(history) scalars).
-        distance: "exact" (‖θ−θ₀‖ per block, keeps θ₀) or "bound" (the scalar Σγ; no θ₀).
+        distance: "exact" (‖θ−θ₀‖ per tensor, keeps θ₀) or "bound" (the scalar Σγ; no θ₀).
         r_eps: relative initial radius (initial step and smoothing scale).
         step_scale: multiplier on every applied step (0 makes steps no-ops).
     The returned loss is the mean of the perturbed losses.
@@ -94,22 +120,17 @@ class AdaNAGED(ZOOptimizer):
         self.distance = distance
         self.r_eps = float(r_eps)
         override = None if geometry == "auto" else geometry
-        self._geometry: dict[int, str] = {}
-        for group in self.param_groups:
-            names = group.get("param_names")
-            for i, p in enumerate(group["params"]):
-                if id(p) in self._entries:
-                    self._geometry[id(p)] = lmo_for(names[i] if names else "", p.shape, override)
-        self._blocks: dict[int, list[float]] = {}  # key -> [r̄, G, Σγ]
-        self._past: list[list[tuple[int, float]]] = []  # newest first: each step's [(seed, g/n)]
-        self._tau: float | None = None
-        self._tau_min = 0.0
+        self.geometries = {id(e.param): lmo_for(e.name or "", e.param.shape, override) for e in self.engine.params}
+        self.stats: dict[int, list[float]] = {}  # noise key -> [r̄, G, Σγ] per tensor
+        # newest first: each step's parts as (noise keys of the subset or None, [(seed, g/n)])
+        self.past: list[list[tuple[list[int] | None, list[tuple[int, float]]]]] = []
+        self.tau: float | None = None  # the smoothing radius of the next step
+        self.tau_min = 0.0
 
     def geometry_of(self, param: torch.Tensor) -> str:
-        return self._geometry[id(param)]
+        return self.geometries[id(param)]
 
-    # ----------------------------------------------------------------- initial scales
-    def _start(self) -> None:
+    def start(self) -> None:
         """Initial radii from θ₀ (and θ₀ itself for distance="exact"); reads weights only."""
         sq, count, tau_min = 0.0, 0, 0.0
         for group in self.param_groups:
@@ -117,100 +138,74 @@ class AdaNAGED(ZOOptimizer):
                 p = e.param.detach()
                 if self.distance == "exact":
                     self.state[e.param]["theta0"] = p.clone()
-                r0 = self.r_eps * (1.0 + norm(self._geometry[id(e.param)], p))
-                self._blocks[e.key] = [r0, 0.0, 0.0]
+                r0 = self.r_eps * (1.0 + norm(self.geometries[id(e.param)], p))
+                self.stats[e.key] = [r0, 0.0, 0.0]
                 sq += p.float().square().sum().item()
                 count += p.numel()
                 if p.dtype != torch.float32:
                     tau_min = max(tau_min, 2 * torch.finfo(p.dtype).eps)
         rms = math.sqrt(sq / count)
-        self._tau = self.r_eps * (1.0 + rms)
-        self._tau_min = tau_min * rms
+        self.tau = self.r_eps * (1.0 + rms)
+        self.tau_min = tau_min * rms
 
-    # ----------------------------------------------------------------- momentum
-    def _seed_momentum(self, now, beta: float, nesterov: bool) -> list[tuple[int, float]]:
-        """d_t as a seeded sum over the last ``history`` estimates (truncated momentum)."""
-        combo = [(s, (1 - beta) * beta ** k * w) for k, step in enumerate(self._past) for s, w in step]
-        if nesterov:
-            combo = [(s, beta * w) for s, w in combo] + [(s, (1 - beta) * w) for s, w in now]
-        return combo
-
-    def _search_direction(self, e, now, beta: float, nesterov: bool, seeded):
-        """(ĝ_b, d_b): the block's raw estimate and the momentum direction to step along."""
-        g = self.direction_tensor(e, now)
+    def search_direction(self, e, now, beta: float, nesterov: bool):
+        """(ĝ, d) of one tensor: its raw estimate and the momentum direction to step along."""
+        g = self.engine.tensor(e, now)
         if beta == 0.0:
             return g, g
-        if seeded is not None:
-            return g, self.direction_tensor(e, seeded)
-        state = self.state[e.param]
-        if "momentum_buffer" not in state:
-            state["momentum_buffer"] = torch.zeros_like(g)
-        m = state["momentum_buffer"].mul_(beta).add_(g, alpha=1 - beta)
+        if self.momentum_state == "seeds":
+            past = [[(s, w) for keys, terms in step if keys is None or e.key in keys for s, w in terms]
+                    for step in self.past]  # the newest entry is this step's
+            return g, self.engine.tensor(e, seeded_momentum(past, now, beta, nesterov))
+        m = self.buffer(e, "momentum_buffer").mul_(beta).add_(g, alpha=1 - beta)
         return g, (m.mul(beta).add_(g, alpha=1 - beta) if nesterov else m.clone())
 
-    # ----------------------------------------------------------------- step
     @torch.no_grad()
     def step(self, closure=None):
-        if closure is None:
-            raise ValueError("AdaNAGED.step needs a closure that runs a forward pass and returns the loss")
-        if self._tau is None:
-            self._start()
-        estimates, loss = self.spsa(closure, self._tau)  # all losses known and finite past here
-        n = len(estimates)
-        now = [(s, g / n) for s, g in estimates]
+        check_closure(self, closure)
+        if self.tau is None:
+            self.start()
+        est = self.estimate(closure, self.tau)  # all losses known and finite past here
         if self.momentum_state == "seeds":
-            self._past = ([now] + self._past)[: self.history]
+            parts = [(None if p.subset is None else sorted(self.engine.by_id[i].key for i in p.subset), p.mean())
+                     for p in est.parts]
+            self.past = ([parts] + self.past)[: self.history]
         sq, count = 0.0, 0
-        for group in self.param_groups:
-            beta, nesterov, scale = group["beta"], group["nesterov"], group["step_scale"]
-            seeded = self._seed_momentum(now, beta, nesterov) if self.momentum_state == "seeds" and beta else None
-            for e in self.trainable(group):
-                if not self.active(e):
-                    continue
-                count += e.param.numel()
-                geometry = self._geometry[id(e.param)]
-                g, d = self._search_direction(e, now, beta, nesterov, seeded)
-                u, dual = lmo_step(d, geometry)
-                raw = dual if d is g else lmo_step(g, geometry)[1]  # ‖ĝ‖_*: G sums the raw estimates
-                block = self._blocks[e.key]
-                block[1] += raw * raw
-                if dual == 0.0 or block[1] == 0.0:
-                    continue
-                gamma = block[0] * dual / math.sqrt(block[1])
-                sq += gamma * gamma * u.square().sum().item()
-                if scale:
-                    self.add_(e, u.mul_(gamma * scale))
-                self._grow_radius(e, block, gamma * scale, geometry)
+        for group, e, part in self.estimated(est):
+            count += e.param.numel()
+            geometry = self.geometries[id(e.param)]
+            g, d = self.search_direction(e, part.mean(), group["beta"], group["nesterov"])
+            found = dog_lmo_step(g, d, geometry, self.stats[e.key])
+            if found is None:
+                continue
+            u, gamma = found
+            sq += gamma * gamma * u.square().sum().item()
+            scale = group["step_scale"]
+            if scale:
+                self.engine.write(e, u.mul_(gamma * scale))
+            self.grow_radius(e, self.stats[e.key], gamma * scale, geometry)
         if sq > 0:
-            self._tau = max(self._tau_min, math.sqrt(sq / count))
-        self.finish_step(sum(g for _, g in estimates) / n)
-        return torch.tensor(loss)
+            self.tau = max(self.tau_min, math.sqrt(sq / count))
+        self.finish_step(est.projected)
+        return torch.tensor(est.loss)
 
-    def _grow_radius(self, e, block: list[float], moved: float, geometry: str) -> None:
-        """r̄ ← max(r̄, distance from θ₀): exact in the block norm, or the triangle bound Σγ."""
+    def grow_radius(self, e, stats: list[float], moved: float, geometry: str) -> None:
+        """r̄ ← max(r̄, distance from θ₀): exact in the tensor's norm, or the triangle bound Σγ."""
         if self.distance == "bound":
-            block[2] += moved
-            block[0] = max(block[0], block[2])
+            stats[2] += moved
+            stats[0] = max(stats[0], stats[2])
         elif moved:
             theta0 = self.state[e.param]["theta0"]
-            block[0] = max(block[0], norm(geometry, e.param.float() - theta0.float()))
+            stats[0] = max(stats[0], norm(geometry, e.param.float() - theta0.float()))
 
-    # ----------------------------------------------------------------- state
     def extra_state(self) -> dict:
-        return {"blocks": {k: list(v) for k, v in self._blocks.items()}, "past": [list(s) for s in self._past],
-                "tau": self._tau, "tau_min": self._tau_min}
+        return {"stats": {k: list(v) for k, v in self.stats.items()},
+                "past": [[(keys, list(terms)) for keys, terms in step] for step in self.past],
+                "tau": self.tau, "tau_min": self.tau_min}
 
     def load_extra_state(self, extra: dict) -> None:
-        self._blocks = {int(k): list(v) for k, v in extra.get("blocks", {}).items()}
-        self._past = [[(int(s), float(w)) for s, w in step] for step in extra.get("past", [])]
-        self._tau = extra.get("tau")
-        self._tau_min = float(extra.get("tau_min", 0.0))
-
-    def load_state_dict(self, state_dict):
-        # torch casts floating state to the parameter's dtype; the fp32 momentum must stay fp32
-        buffers = {i: st["momentum_buffer"] for i, st in state_dict["state"].items() if "momentum_buffer" in st}
-        super().load_state_dict(state_dict)
-        params = [p for g in self.param_groups for p in g["params"]]
-        for i, m in buffers.items():
-            p = params[int(i)]
-            self.state[p]["momentum_buffer"] = m.to(p.device, torch.float32).clone()
+        self.stats = {int(k): list(v) for k, v in extra.get("stats", {}).items()}
+        self.past = [[(None if keys is None else [int(k) for k in keys], [(int(s), float(w)) for s, w in terms])
+                      for keys, terms in step] for step in extra.get("past", [])]
+        self.tau = extra.get("tau")
+        self.tau_min = float(extra.get("tau_min", 0.0))

@@ -23,8 +23,8 @@ With ``num_directions=n``, j·v is averaged over n seeded directions (n JVPs).
 Forward passes per step: 1 JVP (n). State: none beyond the step counter (O(1)); the stored-v
 implementation of ZO-Bench keeps 1× params.
 Defaults: lr = 1e-6 as MeZO's full-parameter setting (an assumption: we found no Forward-Grad
-sweep in the notes); weight decay 0. ``eps`` is accepted and ignored, so the trainer can pass the
-arguments common to ZO methods.
+sweep in the notes); weight decay 0. There is no ``eps`` (no finite difference): passing one is an
+error rather than a silently ignored setting.
 """
 
 from __future__ import annotations
@@ -35,39 +35,41 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from zotune.optim.base import ZOOptimizer, check_finite, check_hparams
-from zotune.perturb import FunctionalPerturbation, Perturbed
-from zotune.rng import mix
+from zotune.engine import Estimate, Part, check_finite
+from zotune.optim.base import ZOOptimizer, check_closure, check_hparams
+from zotune.optim.mezo import sgd_update
+from zotune.optim.registry import register
+from zotune.perturb import Perturbed
 
 
+@register("forward-grad")
 class ForwardGrad(ZOOptimizer):
     """Forward-gradient descent. ``loss = opt.step(closure)`` returns L(θ) (unperturbed);
     ``last_projected_grad`` is the mean directional derivative j of the step."""
 
     @property
     def forward_passes(self) -> int:
-        return super().forward_passes // 2  # one JVP per direction
+        return super().forward_passes // 2  # one JVP per draw
 
-    def __init__(self, params, lr: float = 1e-6, weight_decay: float = 0.0, eps: float | None = None, **engine):
+    def __init__(self, params, lr: float = 1e-6, weight_decay: float = 0.0, **engine):
         check_hparams(lr=lr, weight_decay=weight_decay)
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay), **engine)
 
-    def active(self, e: Perturbed) -> bool:
-        return id(e.param) not in self._outside
-
-    def jvp(self, closure, seed: int) -> tuple[float, float]:
-        """(L(θ), ∇L(θ)·v(seed)) from one call of the closure; weights are not written."""
+    def jvp(self, closure, seed: int, subset=None) -> tuple[float, float]:
+        """(L(θ), ∇L(θ)·v(seed)) from one call of the closure, v on ``subset`` (None: every
+        parameter); weights are not written."""
+        engine = self.engine
 
         def make(e: Perturbed, dtype: torch.dtype | None) -> torch.Tensor:
             p = e.param.detach()
-            if not self.active(e):
+            if id(e.param) in engine.outside or (subset is not None and id(e.param) not in subset):
                 return p if dtype is None else p.to(dtype)
-            v = self.direction_tensor(e, seed)
+            v = engine.tensor(e, seed)
             dtype = dtype or p.dtype
             return fwAD.make_dual(p.to(dtype), v.to(dtype))
 
-        # never swap through .data (that drops the tangent): `outside` stays empty here
-        pert = FunctionalPerturbation(self._entries, make, self._shared, frozenset())
+        # never swap through .data (that drops the tangent)
+        pert = engine.perturbation(make, swap_outside=False)
         # fused attention kernels (CPU flash, CUDA flash/efficient) have no forward-mode derivative;
         # the math backend is built from differentiable ops
         with fwAD.dual_level(), sdpa_kernel(SDPBackend.MATH):
@@ -78,29 +80,30 @@ class ForwardGrad(ZOOptimizer):
             primal, tangent = fwAD.unpack_dual(loss)
             j = torch.zeros(()) if tangent is None else tangent.detach().float()
             values = torch.stack([primal.detach().float().reshape(()), j.reshape(())]).tolist()
-        if not self._calibrated:
-            self._calibrate(pert.visits)
-            if self._outside:
-                shapes = [tuple(e.param.shape) for pid, e in self._entries.items() if pid in self._outside]
-                warnings.warn(f"ForwardGrad: {len(shapes)} trainable parameter(s) of shapes {shapes} are not read "
-                              "inside their module's forward; they get no tangent and are not trained", stacklevel=3)
+        if not engine.layout_known and engine.learn_layout(pert.visits):
+            shapes = [tuple(e.param.shape) for e in engine.params if id(e.param) in engine.outside]
+            warnings.warn(f"ForwardGrad: {len(shapes)} trainable parameter(s) of shapes {shapes} are not read "
+                          "inside their module's forward; they get no tangent and are not trained", stacklevel=3)
         check_finite(*values, step=self.zo_step)
         return values[0], values[1]
 
     @torch.no_grad()
     def step(self, closure):
-        if closure is None:
-            raise ValueError("ForwardGrad.step needs a closure that runs a forward pass and returns the loss")
-        n = self.forward_passes
-        base = self.step_seed()
-        estimates, loss = [], None
-        for k in range(n):
-            seed = base if k == 0 else mix(base, k)  # the seeds n-SPSA would use
-            lk, j = self.jvp(closure, seed)
-            loss = lk if loss is None else loss
-            estimates.append((seed, j))
-        for group in self.param_groups:
-            lr = group["lr"]
-            self.apply(group, estimates, coef=-lr / n, decay=1.0 - lr * group["weight_decay"])
-        self.finish_step(sum(j for _, j in estimates) / n)
-        return torch.tensor(loss)
+        check_closure(self, closure)
+        n, t = self.directions_now(), self.current_step()
+        parts, all_j = [], []
+        for subset in self.engine.subsets():
+            terms, loss = [], None
+            for k in range(n):
+                seed = t.draw_seed(k)  # the seeds n-SPSA would use
+                lk, j = self.jvp(closure, seed, subset)
+                loss = lk if loss is None else loss
+                terms.append((seed, j))
+            parts.append(Part(subset, tuple(terms), n, loss))
+            all_j += [j for _, j in terms]
+        est = Estimate(tuple(parts), sum(p.loss for p in parts) / len(parts), sum(all_j) / len(all_j))
+        for group, e, part in self.estimated(est):
+            if id(e.param) not in self.engine.outside:  # no tangent reached it: not trained
+                self.engine.write_along(e, *sgd_update(part, group["lr"], group["weight_decay"]))
+        self.finish_step(est.projected)
+        return torch.tensor(est.loss)

@@ -42,11 +42,26 @@ import math
 
 import torch
 
-from zotune.optim.base import ZOOptimizer, check_hparams
+from zotune.optim.base import ZOOptimizer, check_closure, check_hparams
+from zotune.optim.registry import register
 
-_BUFFERS = ("m", "h")
+
+def helene_update(m: torch.Tensor, h: torch.Tensor, g_hat: torch.Tensor, t: int, *, lr: float,
+                  betas: tuple[float, float], anneal_steps: float, hessian_interval: int, gamma: float,
+                  floor: float) -> torch.Tensor:
+    """The rule for one layer at step t (0-based): m, h updated in place; returns the delta
+    −lr·m / max(H, c) (weight decay is the write's decay)."""
+    beta1, beta2 = betas
+    alpha = beta1 + (1.0 - beta1) * math.exp(-t / anneal_steps)
+    m.mul_(beta1).add_(g_hat, alpha=alpha)
+    if t % hessian_interval == 0:
+        h.mul_(beta2).addcmul_(g_hat, g_hat, value=1.0 - beta2)
+    curv = h * (gamma / (1.0 - beta2 ** (t // hessian_interval + 1)))
+    curv = torch.maximum(curv, curv.mean().clamp(min=floor))  # layer-wise clip
+    return m.div(curv).mul_(-lr)
 
 
+@register("helene")
 class HELENE(ZOOptimizer):
     """SPSA with annealed momentum, preconditioned by a clipped diagonal curvature EMA.
     ``loss = opt.step(closure)`` returns the mean of the 2n perturbed losses."""
@@ -72,39 +87,12 @@ class HELENE(ZOOptimizer):
 
     @torch.no_grad()
     def step(self, closure):
-        if closure is None:
-            raise ValueError("HELENE.step needs a closure that runs a forward pass and returns the loss")
-        eps = self.shared_eps()
-        estimates, loss = self.spsa(closure, eps)  # raises before any state or weight changes
-        n = len(estimates)
-        grad_dir = [(s, g / n) for s, g in estimates]
-        t = self.zo_step
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            alpha = beta1 + (1.0 - beta1) * math.exp(-t / group["anneal_steps"])
-            refresh = t % group["hessian_interval"] == 0
-            for e in self.trainable(group):
-                st = self.state[e.param]
-                if not st:
-                    st["m"] = torch.zeros(e.param.shape, dtype=torch.float32, device=e.param.device)
-                    st["h"] = torch.zeros_like(st["m"])
-                g = self.direction_tensor(e, grad_dir)
-                st["m"].mul_(beta1).add_(g, alpha=alpha)
-                if refresh:
-                    st["h"].mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
-                curv = st["h"] * (group["gamma"] / (1.0 - beta2 ** (t // group["hessian_interval"] + 1)))
-                curv = torch.maximum(curv, curv.mean().clamp(min=group["floor"]))  # layer-wise clip
-                delta = st["m"].div(curv).mul_(-group["lr"])
-                self.add_(e, delta, decay=1.0 - group["lr"] * group["weight_decay"])
-        self.finish_step(sum(g for _, g in estimates) / n)
-        return torch.tensor(loss)
-
-    def load_state_dict(self, state_dict):
-        # torch casts floating state to the parameter's dtype on load; m and h must stay fp32
-        saved = {i: {k: st[k] for k in _BUFFERS if k in st} for i, st in state_dict["state"].items()}
-        super().load_state_dict(state_dict)
-        params = [p for g in self.param_groups for p in g["params"]]
-        for i, bufs in saved.items():
-            p = params[int(i)]
-            for k, v in bufs.items():
-                self.state[p][k] = v.to(p.device, torch.float32).clone()
+        check_closure(self, closure)
+        est = self.estimate(closure, self.shared_eps())  # raises before any state or weight changes
+        for group, e, part in self.estimated(est):
+            m, h = self.buffer(e, "m"), self.buffer(e, "h")
+            hp = {k: group[k] for k in ("lr", "betas", "anneal_steps", "hessian_interval", "gamma", "floor")}
+            delta = helene_update(m, h, self.engine.tensor(e, part.mean()), self.zo_step, **hp)
+            self.engine.write(e, delta, decay=1.0 - group["lr"] * group["weight_decay"])
+        self.finish_step(est.projected)
+        return torch.tensor(est.loss)

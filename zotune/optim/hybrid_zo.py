@@ -33,19 +33,24 @@ import re
 
 import torch
 
-from zotune.optim.base import NonFiniteLossError, ZOOptimizer, check_hparams
+from zotune.engine import NonFiniteLossError
+from zotune.optim.base import ZOOptimizer, check_closure, check_hparams
+from zotune.optim.mezo import sgd_update
+from zotune.optim.registry import register
 from zotune.perturb import Perturbed
 
 DEFAULT_FO = r"(^|\.)(norm|final_layer_norm|lm_head|score|classifier)\."
 
 
+@register("hybrid-zo")
 class HybridZO(ZOOptimizer):
     """ZO-SGD on most parameters, SGD with backprop on those whose name matches ``fo_params``.
     ``loss = opt.step(closure)`` returns L(θ) from the FO forward. Needs ``named_parameters()``."""
 
     @property
     def forward_passes(self) -> int:
-        return (2 * self.num_directions if self._has_zo else 0) + 1
+        zo = 2 * self.directions_now() * len(self.engine.subsets(self.zo_side)) if self.zo_side else 0
+        return zo + 1
 
     def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, weight_decay: float = 0.0,
                  fo_params: str = DEFAULT_FO, fo_lr: float | None = None, **engine):
@@ -58,25 +63,20 @@ class HybridZO(ZOOptimizer):
             raise ValueError(f"fo_params is not a valid regex: {fo_params!r} ({err})") from None
         super().__init__(params, dict(lr=lr, eps=eps, weight_decay=weight_decay, fo_lr=fo_lr), **engine)
         self.fo_params = fo_params
-        names = {}
-        for group in self.param_groups:
-            if not group.get("param_names"):
-                raise ValueError("HybridZO selects FO parameters by name: pass model.named_parameters()")
-            names.update({id(p): n for p, n in zip(group["params"], group["param_names"])})
-        self._fo = {pid for pid in self._entries if pattern.search(names[pid])}
-        if not self._fo:
-            shown = ", ".join(list(names.values())[:8])
+        trainable = self.engine.params
+        if any(e.name is None for e in trainable):
+            raise ValueError("HybridZO selects FO parameters by name: pass model.named_parameters()")
+        self.fo_side = frozenset(id(e.param) for e in trainable if pattern.search(e.name))
+        if not self.fo_side:
+            shown = ", ".join(e.name for e in trainable[:8])
             raise ValueError(f"fo_params {fo_params!r} matches no trainable parameter; names look like: {shown}")
-        self._has_zo = len(self._fo) < len(self._entries)
+        # the parameters the ZO estimate covers (empty: every parameter is FO, plain SGD)
+        self.zo_side = frozenset(id(e.param) for e in trainable) - self.fo_side
 
-    def active(self, e: Perturbed) -> bool:
-        """ZO perturbs and updates only the parameters outside ``fo_params``."""
-        return id(e.param) not in self._fo
-
-    def _fo_gradient(self, closure) -> tuple[float, list[tuple[dict, Perturbed, torch.Tensor]]]:
+    def fo_gradient(self, closure) -> tuple[float, list[tuple[dict, Perturbed, torch.Tensor]]]:
         """L(θ) and ∂L/∂θ for the FO parameters, from one forward with grad enabled only for them."""
-        fo = [(g, e) for g in self.param_groups for e in self.trainable(g) if not self.active(e)]
-        zo = [(e.param, e.param.requires_grad) for e in self._entries.values() if self.active(e)]
+        fo = [(g, e) for g in self.param_groups for e in self.trainable(g) if id(e.param) in self.fo_side]
+        zo = [(e.param, e.param.requires_grad) for e in self.engine.params if id(e.param) in self.zo_side]
         try:
             for p, _ in zo:
                 p.requires_grad_(False)
@@ -99,18 +99,15 @@ class HybridZO(ZOOptimizer):
 
     @torch.no_grad()
     def step(self, closure):
-        if closure is None:
-            raise ValueError("HybridZO.step needs a closure that runs a forward pass and returns the loss")
+        check_closure(self, closure)
         eps = self.shared_eps()
-        estimates = self.spsa(closure, eps)[0] if self._has_zo else []
-        loss, fo = self._fo_gradient(closure)  # every loss is known before any weight is written
-        n = max(len(estimates), 1)
-        for group in self.param_groups:
-            lr, wd = group["lr"], group["weight_decay"]
-            if estimates:
-                self.apply(group, estimates, coef=-lr / n, decay=1.0 - lr * wd)
+        est = self.estimate(closure, eps, within=self.zo_side) if self.zo_side else None
+        loss, fo = self.fo_gradient(closure)  # every loss is known before any weight is written
+        if est is not None:
+            for group, e, part in self.estimated(est):
+                self.engine.write_along(e, *sgd_update(part, group["lr"], group["weight_decay"]))
         for group, e, grad in fo:
             lr = group["lr"] if group["fo_lr"] is None else group["fo_lr"]
-            self.add_(e, grad.mul_(-lr), decay=1.0 - lr * group["weight_decay"])
-        self.finish_step(sum(g for _, g in estimates) / n)
+            self.engine.write(e, grad.mul_(-lr), decay=1.0 - lr * group["weight_decay"])
+        self.finish_step(est.projected if est is not None else 0.0)
         return torch.tensor(loss)

@@ -29,10 +29,18 @@ from __future__ import annotations
 
 import torch
 
-from zotune.optim.base import ZOOptimizer, check_finite
-from zotune.optim.mezo_gv import check_pool_args, pool_losses, pool_seeds
+from zotune.engine import Estimate, Part, check_finite
+from zotune.optim.base import ZOOptimizer, check_closure, check_hparams
+from zotune.optim.mezo import sgd_update
+from zotune.optim.registry import register
 
 
+def greedy_choice(seeds: list[int], losses: list[float]) -> int:
+    """The rule's choice: the index of the lowest-loss candidate (ties: first in the pool)."""
+    return min(range(len(seeds)), key=lambda i: losses[i])
+
+
+@register("mezo-greedy")
 class MeZOGreedy(ZOOptimizer):
     """ZO-SGD along the lowest-loss direction of a pool. ``loss = opt.step(closure)``.
 
@@ -42,12 +50,15 @@ class MeZOGreedy(ZOOptimizer):
 
     @property
     def forward_passes(self) -> int:
-        size, n = self.param_groups[0]["pool_size"], self.num_directions
-        return n * (size + 2) if self.central else 1 + n * size
+        size = self.param_groups[0]["pool_size"]
+        pools = self.directions_now() * len(self.engine.subsets())
+        return pools * (size + 2) if self.central else 1 + pools * size
 
     def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, weight_decay: float = 0.0,
                  pool_size: int = 2, central: bool = False, **engine):
-        check_pool_args(lr, eps, weight_decay, pool_size)
+        check_hparams(lr, eps, weight_decay)
+        if int(pool_size) != pool_size or pool_size < 2:
+            raise ValueError(f"pool_size must be an integer >= 2, got {pool_size}")
         super().__init__(params, dict(lr=lr, eps=eps, weight_decay=weight_decay, pool_size=int(pool_size)),
                          **engine)
         self.central = bool(central)
@@ -55,34 +66,37 @@ class MeZOGreedy(ZOOptimizer):
 
     @torch.no_grad()
     def step(self, closure):
-        if closure is None:
-            raise ValueError("MeZOGreedy.step needs a closure that runs a forward pass and returns the loss")
+        check_closure(self, closure)
         eps = self.shared_eps()
         size = self.param_groups[0]["pool_size"]
         if any(g["pool_size"] != size for g in self.param_groups):
             raise ValueError("MeZOGreedy uses one pool_size for all parameter groups")
-        n = self.num_directions
+        n, t = self.directions_now(), self.current_step()
         if not self.central:
-            base = self.evaluate(closure, self.step_seed(), 0.0).item()
+            base = self.engine.loss_at(closure, t.seed, 0.0).item()
             check_finite(base, step=self.zo_step)
-        estimate, chosen, losses = [], [], []
-        for j in range(n):  # every loss is known before any weight is written
-            seeds = pool_seeds(self, j, size)
-            pool = pool_losses(self, closure, seeds, eps)
-            best = min(range(size), key=lambda i: pool[i])
-            seed = seeds[best]
-            if self.central:
-                lp, lm = self.two_point(closure, seed, eps)
-                g = (lp - lm) / (2 * eps)
-                losses.append((lp + lm) / 2)
-            else:
-                g = (pool[best] - base) / eps
-                losses.append(base)
-            estimate.append((seed, g / n))
-            chosen.append(seed)
-        for group in self.param_groups:
-            lr, wd = group["lr"], group["weight_decay"]
-            self.apply(group, estimate, coef=-lr, decay=1.0 - lr * wd)
+        parts, chosen = [], []
+        for subset in self.engine.subsets():  # every loss is known before any weight is written
+            terms, losses = [], []
+            for j in range(n):
+                seeds = t.pool_seeds(j, size)
+                pool = self.engine.one_sided(closure, seeds, eps, subset)
+                best = greedy_choice(seeds, pool)
+                seed = seeds[best]
+                if self.central:
+                    lp, lm = self.engine.two_point(closure, seed, eps, subset)
+                    g = (lp - lm) / (2 * eps)
+                    losses.append((lp + lm) / 2)
+                else:
+                    g = (pool[best] - base) / eps  # forward difference, reusing the pool's loss
+                    losses.append(base)
+                terms.append((seed, g / n))
+                chosen.append(seed)
+            parts.append(Part(subset, tuple(terms), 1, sum(losses) / n))  # terms already averaged
+        projected = [sum(g for _, g in p.terms) for p in parts]
+        est = Estimate(tuple(parts), sum(p.loss for p in parts) / len(parts), sum(projected) / len(projected))
+        for group, e, part in self.estimated(est):
+            self.engine.write_along(e, *sgd_update(part, group["lr"], group["weight_decay"]))
         self.last_choice = chosen
-        self.finish_step(sum(g for _, g in estimate))
-        return torch.tensor(sum(losses) / n)
+        self.finish_step(est.projected)
+        return torch.tensor(est.loss)

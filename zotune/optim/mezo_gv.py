@@ -31,30 +31,22 @@ import math
 
 import torch
 
-from zotune.optim.base import ZOOptimizer, check_finite, check_hparams
-from zotune.rng import mix
+from zotune.engine import Estimate, Part
+from zotune.optim.base import ZOOptimizer, check_closure, check_hparams
+from zotune.optim.mezo import sgd_update
+from zotune.optim.registry import register
 
 
-def check_pool_args(lr: float, eps: float, weight_decay: float, pool_size: int) -> None:
-    """Validation shared by the pool methods (MeZO-GV, MeZO-Greedy)."""
-    check_hparams(lr, eps, weight_decay)
-    if int(pool_size) != pool_size or pool_size < 2:
-        raise ValueError(f"pool_size must be an integer >= 2, got {pool_size}")
+def guiding_vector(seeds: list[int], losses: list[float], split_ratio: float) -> list[tuple[int, float]]:
+    """The rule's direction: v = mean of the elite's draws − mean of the rest's, as (seed, weight)
+    pairs; the elite is the ⌊αM⌋ lowest-loss candidates (stable: ties keep pool order)."""
+    elite = math.floor(split_ratio * len(seeds))
+    order = sorted(range(len(seeds)), key=lambda i: losses[i])
+    top, rest = order[:elite], order[elite:]
+    return [(seeds[i], 1.0 / len(top)) for i in top] + [(seeds[i], -1.0 / len(rest)) for i in rest]
 
 
-def pool_seeds(opt: ZOOptimizer, pool: int, size: int) -> list[int]:
-    """Seeds of candidate pool ``pool`` of the current step (``size`` candidates)."""
-    base = opt.step_seed()
-    return [mix(base, pool, i) for i in range(size)]
-
-
-def pool_losses(opt: ZOOptimizer, closure, seeds: list[int], eps: float) -> list[float]:
-    """One-sided losses L(θ + ε z(s)) for each seed, read with one host synchronisation."""
-    losses = torch.stack([opt.evaluate(closure, s, eps) for s in seeds]).tolist()
-    check_finite(*losses, step=opt.zo_step)
-    return losses
-
-
+@register("mezo-gv")
 class MeZOGV(ZOOptimizer):
     """ZO-SGD along the guiding vector of a scored pool. ``loss = opt.step(closure)``.
 
@@ -63,11 +55,14 @@ class MeZOGV(ZOOptimizer):
 
     @property
     def forward_passes(self) -> int:
-        return self.num_directions * (self.param_groups[0]["pool_size"] + 2)
+        pools = self.directions_now() * len(self.engine.subsets())
+        return pools * (self.param_groups[0]["pool_size"] + 2)
 
     def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, weight_decay: float = 0.0,
                  pool_size: int = 2, split_ratio: float = 0.5, **engine):
-        check_pool_args(lr, eps, weight_decay, pool_size)
+        check_hparams(lr, eps, weight_decay)
+        if int(pool_size) != pool_size or pool_size < 2:
+            raise ValueError(f"pool_size must be an integer >= 2, got {pool_size}")
         elite = math.floor(split_ratio * pool_size)
         if not 1 <= elite < pool_size:
             raise ValueError(f"split_ratio·pool_size must leave both groups non-empty: floor({split_ratio}"
@@ -75,35 +70,30 @@ class MeZOGV(ZOOptimizer):
         super().__init__(params, dict(lr=lr, eps=eps, weight_decay=weight_decay, pool_size=int(pool_size),
                                       split_ratio=split_ratio), **engine)
 
-    def guiding_vector(self, seeds: list[int], losses: list[float]) -> list[tuple[int, float]]:
-        """v = mean of the elite's directions − mean of the rest's, as (seed, weight) pairs."""
-        group = self.param_groups[0]
-        elite = math.floor(group["split_ratio"] * len(seeds))
-        order = sorted(range(len(seeds)), key=lambda i: losses[i])  # stable: ties keep pool order
-        top, rest = order[:elite], order[elite:]
-        return [(seeds[i], 1.0 / len(top)) for i in top] + [(seeds[i], -1.0 / len(rest)) for i in rest]
-
     @torch.no_grad()
     def step(self, closure):
-        if closure is None:
-            raise ValueError("MeZOGV.step needs a closure that runs a forward pass and returns the loss")
+        check_closure(self, closure)
         eps = self.shared_eps()
-        size = self.param_groups[0]["pool_size"]
-        if any(g["pool_size"] != size or g["split_ratio"] != self.param_groups[0]["split_ratio"]
-               for g in self.param_groups):
+        first = self.param_groups[0]
+        size, ratio = first["pool_size"], first["split_ratio"]
+        if any(g["pool_size"] != size or g["split_ratio"] != ratio for g in self.param_groups):
             raise ValueError("MeZOGV uses one pool_size and split_ratio for all parameter groups")
-        n = self.num_directions
-        estimate, projected, total = [], 0.0, 0.0
-        for j in range(n):  # every loss is known before any weight is written
-            seeds = pool_seeds(self, j, size)
-            v = self.guiding_vector(seeds, pool_losses(self, closure, seeds, eps))
-            lp, lm = self.two_point(closure, v, eps)
-            g = (lp - lm) / (2 * eps)
-            estimate += [(s, w * g / n) for s, w in v]
-            projected += g / n
-            total += (lp + lm) / (2 * n)
-        for group in self.param_groups:
-            lr, wd = group["lr"], group["weight_decay"]
-            self.apply(group, estimate, coef=-lr, decay=1.0 - lr * wd)
-        self.finish_step(projected)
-        return torch.tensor(total)
+        n, t = self.directions_now(), self.current_step()
+        parts, projected = [], []
+        for subset in self.engine.subsets():  # every loss is known before any weight is written
+            terms, g_mean, total = [], 0.0, 0.0
+            for j in range(n):
+                seeds = t.pool_seeds(j, size)
+                v = guiding_vector(seeds, self.engine.one_sided(closure, seeds, eps, subset), ratio)
+                lp, lm = self.engine.two_point(closure, v, eps, subset)
+                g = (lp - lm) / (2 * eps)
+                terms += [(s, w * g / n) for s, w in v]
+                g_mean += g / n
+                total += (lp + lm) / (2 * n)
+            parts.append(Part(subset, tuple(terms), 1, total))  # terms already averaged: n = 1
+            projected.append(g_mean)
+        est = Estimate(tuple(parts), sum(p.loss for p in parts) / len(parts), sum(projected) / len(projected))
+        for group, e, part in self.estimated(est):
+            self.engine.write_along(e, *sgd_update(part, group["lr"], group["weight_decay"]))
+        self.finish_step(est.projected)
+        return torch.tensor(est.loss)

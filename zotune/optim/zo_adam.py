@@ -24,10 +24,22 @@ from __future__ import annotations
 
 import torch
 
-from zotune.optim.base import ZOOptimizer, check_hparams
-from zotune.optim.zo_sgd_momentum import keep_fp32_state, restore_fp32_state
+from zotune.optim.base import ZOOptimizer, check_closure, check_hparams
+from zotune.optim.registry import register
 
 
+def adam_update(m: torch.Tensor, v: torch.Tensor, g_hat: torch.Tensor, t: int, lr: float,
+                betas: tuple[float, float], adam_eps: float) -> torch.Tensor:
+    """The rule: Adam's moments m, v updated in place at step t (1-based); returns the delta
+    −lr·m̂/(√v̂ + δ), written into ``g_hat``'s memory. Weight decay is the write's decay."""
+    b1, b2 = betas
+    m.mul_(b1).add_(g_hat, alpha=1 - b1)
+    v.mul_(b2).addcmul_(g_hat, g_hat, value=1 - b2)
+    denom = (v / (1 - b2 ** t)).sqrt_().add_(adam_eps)
+    return torch.div(m, denom, out=g_hat).mul_(-lr / (1 - b1 ** t))
+
+
+@register("zo-adam")
 class ZOAdam(ZOOptimizer):
     """Adam on the ZO estimate. ``loss = opt.step(closure)``; ``adam_eps`` is Adam's δ (``eps`` is
     the perturbation scale, as in every zotune ZO method)."""
@@ -44,33 +56,15 @@ class ZOAdam(ZOOptimizer):
 
     @torch.no_grad()
     def step(self, closure):
-        if closure is None:
-            raise ValueError("ZOAdam.step needs a closure that runs a forward pass and returns the loss")
-        estimates, loss = self.spsa(closure, self.shared_eps())
-        n = len(estimates)
-        grad = [(seed, g / n) for seed, g in estimates]
-        for group in self.param_groups:
-            (b1, b2), lr = group["betas"], group["lr"]
-            for e in self.trainable(group):
-                if not self.active(e):
-                    continue
-                state = self.state[e.param]
-                if "exp_avg" not in state:
-                    state["step"] = 0  # a Python int: not a tensor, so not counted as memory
-                    state["exp_avg"] = torch.zeros(e.param.shape, dtype=torch.float32, device=e.param.device)
-                    state["exp_avg_sq"] = torch.zeros_like(state["exp_avg"])
-                state["step"] += 1
-                t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
-                g = self.direction_tensor(e, grad)
-                m.mul_(b1).add_(g, alpha=1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                denom = (v / (1 - b2 ** t)).sqrt_().add_(group["adam_eps"])
-                delta = torch.div(m, denom, out=g).mul_(-lr / (1 - b1 ** t))
-                self.add_(e, delta, decay=1.0 - lr * group["weight_decay"])
-        self.finish_step(sum(g for _, g in estimates) / n)
-        return torch.tensor(loss)
-
-    def load_state_dict(self, state_dict):
-        saved = keep_fp32_state(state_dict, ("exp_avg", "exp_avg_sq"))
-        super().load_state_dict(state_dict)
-        restore_fp32_state(self, saved)
+        check_closure(self, closure)
+        est = self.estimate(closure, self.shared_eps())
+        for group, e, part in self.estimated(est):
+            state = self.state[e.param]
+            state["step"] = state.get("step", 0) + 1  # a Python int: not a tensor, so not counted as memory
+            m, v = self.buffer(e, "exp_avg"), self.buffer(e, "exp_avg_sq")
+            lr = group["lr"]
+            delta = adam_update(m, v, self.engine.tensor(e, part.mean()), state["step"], lr, group["betas"],
+                                group["adam_eps"])
+            self.engine.write(e, delta, decay=1.0 - lr * group["weight_decay"])
+        self.finish_step(est.projected)
+        return torch.tensor(est.loss)

@@ -34,9 +34,19 @@ import math
 
 import torch
 
-from zotune.optim.base import ZOOptimizer, check_finite, check_hparams
+from zotune.engine import check_finite
+from zotune.optim.base import ZOOptimizer, check_closure, check_hparams
+from zotune.optim.registry import register
 
 
+def conservative_choice(l0: float, l_minus: float, l_plus: float) -> tuple[float, int]:
+    """The rule: keep the candidate with the lowest loss among θ (0), θ − lr·ĝ (−1), θ + lr·ĝ (+1);
+    non-finite candidates are rejected, ties go to the earlier one. Returns (its loss, choice)."""
+    finite = [(loss, c) for loss, c in ((l0, 0), (l_minus, -1), (l_plus, 1)) if math.isfinite(loss)]
+    return min(finite, key=lambda lc: lc[0])
+
+
+@register("zo-sgd-cons")
 class ZOSGDConservative(ZOOptimizer):
     """Conservative ZO-SGD. ``loss = opt.step(closure)`` returns the loss of the kept point (on
     this step's batch); ``last_candidates`` holds (ℓ₀, ℓ₋, ℓ₊) and ``last_choice`` is -1 (stepped
@@ -57,25 +67,26 @@ class ZOSGDConservative(ZOOptimizer):
 
     @torch.no_grad()
     def step(self, closure):
-        if closure is None:
-            raise ValueError("ZOSGDConservative.step needs a closure that runs a forward pass and returns the loss")
+        check_closure(self, closure)
         lr = self.param_groups[0]["lr"]
         if any(g["lr"] != lr or g["weight_decay"] != 0 for g in self.param_groups):
             raise ValueError("ZOSGDConservative uses one lr and no weight decay for all parameter groups")
         eps = self.shared_eps()
-        l0 = self.evaluate(closure, self.step_seed(), 0.0).item()
+        l0 = self.engine.loss_at(closure, self.step_seed(), 0.0).item()
         check_finite(l0, step=self.zo_step)
-        estimates, _ = self.spsa(closure, eps)
-        n = len(estimates)
-        grad = [(seed, g / n) for seed, g in estimates]
-        l_minus, l_plus = torch.stack([self.evaluate(closure, grad, -lr), self.evaluate(closure, grad, lr)]).tolist()
+        est = self.estimate(closure, eps)
+
+        def g_hat(e):  # ĝ of each parameter, None where this step has no estimate
+            part = est.part_of(e)
+            return None if part is None else part.mean()
+
+        candidates = [self.engine.loss_at(closure, g_hat, -lr), self.engine.loss_at(closure, g_hat, lr)]
+        l_minus, l_plus = torch.stack(candidates).tolist()
         self.last_candidates = (l0, l_minus, l_plus)
-        # non-finite candidates are rejected; on ties the earlier one wins (θ, then −ĝ)
-        finite = [(loss, c) for loss, c in ((l0, 0), (l_minus, -1), (l_plus, 1)) if math.isfinite(loss)]
-        kept, choice = min(finite, key=lambda lc: lc[0])
+        kept, choice = conservative_choice(l0, l_minus, l_plus)
         self.last_choice = choice
         if choice:
-            for group in self.param_groups:
-                self.apply(group, grad, coef=choice * lr)
-        self.finish_step(sum(g for _, g in estimates) / n)
+            for _, e, part in self.estimated(est):
+                self.engine.write_along(e, part.mean(), coef=choice * lr)
+        self.finish_step(est.projected)
         return torch.tensor(kept)

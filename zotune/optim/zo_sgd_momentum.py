@@ -22,22 +22,21 @@ from __future__ import annotations
 
 import torch
 
-from zotune.optim.base import ZOOptimizer, check_hparams
+from zotune.optim.base import ZOOptimizer, check_closure, check_hparams
+from zotune.optim.registry import register
 
 
-def keep_fp32_state(state_dict: dict, keys: tuple[str, ...]) -> dict:
-    """Pick the fp32 tensors ``keys`` out of a state_dict before torch's load casts them to each
-    parameter's dtype (bf16 would round the small ZO moments away); ``restore_fp32_state`` puts
-    them back after the load."""
-    return {(int(i), k): st[k] for i, st in state_dict["state"].items() for k in keys if k in st}
+def momentum_update(m: torch.Tensor, g_hat: torch.Tensor, theta: torch.Tensor, lr: float, momentum: float,
+                    weight_decay: float) -> torch.Tensor:
+    """The rule (torch SGD's, no dampening): m ← μ·m + ĝ + λ·θ (m updated in place); returns the
+    delta −lr·m."""
+    m.mul_(momentum).add_(g_hat)
+    if weight_decay:
+        m.add_(theta, alpha=weight_decay)
+    return m * -lr
 
 
-def restore_fp32_state(opt: ZOOptimizer, saved: dict) -> None:
-    params = [p for g in opt.param_groups for p in g["params"]]
-    for (i, k), t in saved.items():
-        opt.state[params[i]][k] = t.to(params[i].device, torch.float32).clone()
-
-
+@register("zo-sgd-momentum")
 class ZOSGDMomentum(ZOOptimizer):
     """ZO-SGD with heavy-ball momentum. ``loss = opt.step(closure)``.
 
@@ -53,27 +52,13 @@ class ZOSGDMomentum(ZOOptimizer):
 
     @torch.no_grad()
     def step(self, closure):
-        if closure is None:
-            raise ValueError("ZOSGDMomentum.step needs a closure that runs a forward pass and returns the loss")
-        estimates, loss = self.spsa(closure, self.shared_eps())
-        n = len(estimates)
-        grad = [(seed, g / n) for seed, g in estimates]
-        for group in self.param_groups:
-            for e in self.trainable(group):
-                if not self.active(e):
-                    continue
-                state = self.state[e.param]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros(e.param.shape, dtype=torch.float32, device=e.param.device)
-                m = state["momentum_buffer"]
-                m.mul_(group["momentum"]).add_(self.direction_tensor(e, grad))
-                if group["weight_decay"]:
-                    m.add_(state.get("master", e.param).float(), alpha=group["weight_decay"])
-                self.add_(e, m * -group["lr"])
-        self.finish_step(sum(g for _, g in estimates) / n)
-        return torch.tensor(loss)
-
-    def load_state_dict(self, state_dict):
-        saved = keep_fp32_state(state_dict, ("momentum_buffer",))
-        super().load_state_dict(state_dict)
-        restore_fp32_state(self, saved)
+        check_closure(self, closure)
+        est = self.estimate(closure, self.shared_eps())
+        for group, e, part in self.estimated(est):
+            m = self.buffer(e, "momentum_buffer")
+            theta = self.state[e.param].get("master", e.param).float()  # the fp32 weights
+            g_hat = self.engine.tensor(e, part.mean())
+            self.engine.write(e, momentum_update(m, g_hat, theta, group["lr"], group["momentum"],
+                                                 group["weight_decay"]))
+        self.finish_step(est.projected)
+        return torch.tensor(est.loss)

@@ -21,9 +21,23 @@ from __future__ import annotations
 
 import torch
 
-from zotune.optim.base import ZOOptimizer, check_hparams
+from zotune.engine import Part
+from zotune.optim.base import ZOOptimizer, check_closure, check_hparams
+from zotune.optim.registry import register
 
 
+def sign_update(part: Part, lr: float) -> tuple[list[tuple[int, float]], float]:
+    """The scalar rule: θ ← decay·θ − (lr/n)·Σ_j sign(g_j)·z_j, as (direction, coef) for the
+    engine's streamed write."""
+    return [(seed, float((g > 0) - (g < 0))) for seed, g in part.terms], -lr / part.n
+
+
+def coordinatewise_sign_update(g_hat: torch.Tensor, lr: float) -> torch.Tensor:
+    """The coordinate-wise rule's delta −lr·sign(ĝ), from the materialised ĝ (overwritten)."""
+    return g_hat.sign_().mul_(-lr)
+
+
+@register("zo-sgd-sign")
 class ZOSGDSign(ZOOptimizer):
     """ZO-SGD with the sign of the two-point estimate. ``loss = opt.step(closure)``.
 
@@ -38,19 +52,13 @@ class ZOSGDSign(ZOOptimizer):
 
     @torch.no_grad()
     def step(self, closure):
-        if closure is None:
-            raise ValueError("ZOSGDSign.step needs a closure that runs a forward pass and returns the loss")
-        estimates, loss = self.spsa(closure, self.shared_eps())
-        n = len(estimates)
-        for group in self.param_groups:
+        check_closure(self, closure)
+        est = self.estimate(closure, self.shared_eps())
+        for group, e, part in self.estimated(est):
             lr, decay = group["lr"], 1.0 - group["lr"] * group["weight_decay"]
-            if not self.coordinatewise:
-                signs = [(seed, float((g > 0) - (g < 0))) for seed, g in estimates]
-                self.apply(group, signs, coef=-lr / n, decay=decay)
-                continue
-            grad = [(seed, g / n) for seed, g in estimates]
-            for e in self.trainable(group):
-                if self.active(e):
-                    self.add_(e, self.direction_tensor(e, grad).sign_().mul_(-lr), decay=decay)
-        self.finish_step(sum(g for _, g in estimates) / n)
-        return torch.tensor(loss)
+            if self.coordinatewise:
+                self.engine.write(e, coordinatewise_sign_update(self.engine.tensor(e, part.mean()), lr), decay)
+            else:
+                self.engine.write_along(e, *sign_update(part, lr), decay)
+        self.finish_step(est.projected)
+        return torch.tensor(est.loss)

@@ -1,0 +1,348 @@
+"""Engine primitives: the few operations every zeroth-order method is made of.
+
+A method calls these and never subclasses into them (``docs/engine.md``):
+
+- ``loss_at(closure, direction, c)``: the closure's loss at θ + c·d, computed functionally
+  (``zotune.perturb``): no weight is written, so a raising closure leaves the model as it was and
+  c = 0 evaluates θ itself;
+- ``two_point`` and ``spsa``: the central two-point estimate along one direction, and n of them
+  on every parameter subset the sampler gives this step (the n-point SPSA estimate);
+- ``tensor(p, direction)``: a direction materialised for one parameter (fp32), for rules that need
+  the estimate as a tensor (momentum, Adam, LMOs);
+- ``write(p, delta, decay)`` and ``write_along(p, direction, coef, decay)``: the one write pass
+  θ ← decay·θ + delta (``zotune.passes.update_``), with stochastic rounding or an fp32 master copy
+  for half-precision weights; ``write_along`` regenerates d chunk by chunk and never materialises it.
+
+Words, one meaning each. A *draw* is the random vector z(seed) a sampler gives a parameter for one
+seed. A *direction* is a weighted sum of draws, ``((seed, weight), ...)`` (a bare int seed means
+weight 1): one draw, an n-SPSA average, a pool's guiding vector. An *estimate* is what the forward
+passes of a step produced: per parameter subset, the direction of the gradient estimate and the
+losses. The *step* (``Step``) identifies the step being taken: the run's seed and the step index.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+
+from zotune.passes import perturbed_copy, update_
+from zotune.perturb import FunctionalPerturbation, Perturbed
+from zotune.rng import DIRECTION, CounterRNG, mix, name_key
+
+# A direction: Σ weight·z(seed), as ((seed, weight), ...); a bare int seed means ((seed, 1.0),).
+Direction = int | tuple[tuple[int, float], ...] | list[tuple[int, float]]
+# The parameters one estimate covers: a set of id(param), or None for every parameter.
+Subset = frozenset[int] | None
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss evaluated inside a ZO step was NaN or infinite; no weight was changed."""
+
+
+def check_finite(*losses: float, step: int) -> None:
+    """Raise NonFiniteLossError, before any weight is written, if a loss is NaN or infinite."""
+    if not all(math.isfinite(x) for x in losses):
+        raise NonFiniteLossError(
+            f"non-finite loss {losses} at step {step}: no weight was changed. "
+            "Lower the learning rate or eps, or check the data and the model's dtype."
+        )
+
+
+def as_direction(direction: Direction) -> tuple[tuple[int, float], ...]:
+    """Normalise a direction to ((seed, weight), ...)."""
+    if isinstance(direction, int):
+        return ((direction, 1.0),)
+    return tuple((int(s), float(w)) for s, w in direction)
+
+
+@dataclass(frozen=True)
+class Step:
+    """The step being taken: ``run_seed`` (the optimizer's seed) and ``index`` (0-based)."""
+
+    run_seed: int
+    index: int
+
+    @property
+    def seed(self) -> int:
+        """Seed of this step's draws (and of its stochastic rounding)."""
+        return mix(self.run_seed, self.index)
+
+    def draw_seed(self, j: int) -> int:
+        """Seed of the j-th draw of the step (n-SPSA, BlockZO): the step seed, then mix(seed, j)."""
+        return self.seed if j == 0 else mix(self.seed, j)
+
+    def pool_seeds(self, pool: int, size: int) -> list[int]:
+        """Seeds of the ``size`` candidates of pool ``pool`` of this step (MeZO-GV, MeZO-Greedy)."""
+        return [mix(self.seed, pool, i) for i in range(size)]
+
+
+@dataclass(frozen=True)
+class Part:
+    """One subset's share of an estimate: ĝ = (1/n)·Σ weight·z(seed) on the parameters of ``subset``.
+
+    For SPSA the weights are the projected gradients g_j = (L(θ+εz_j) − L(θ−εz_j)) / 2ε; methods
+    that average themselves (a pool's guiding vector) give n = 1.
+    """
+
+    subset: Subset
+    terms: tuple[tuple[int, float], ...]
+    n: int
+    loss: float
+
+    def mean(self) -> list[tuple[int, float]]:
+        """ĝ as one direction, ((seed, weight / n), ...)."""
+        return [(s, g / self.n) for s, g in self.terms]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a step's forward passes found: one Part per subset, the step's loss (mean of the parts'
+    losses) and the mean projected gradient (logged as ``last_projected_grad``)."""
+
+    parts: tuple[Part, ...]
+    loss: float
+    projected: float
+
+    def part_of(self, e: Perturbed) -> Part | None:
+        """The part covering parameter ``e``; None if this step did not estimate it (not updated)."""
+        for part in self.parts:
+            if part.subset is None or id(e.param) in part.subset:
+                return part
+        return None
+
+
+class InterruptHold:
+    """Holds Ctrl-C from a step's first weight write until the step returns, so an interrupt can
+    stop a step during its forward passes but never leave its update half-applied."""
+
+    def __init__(self):
+        self.previous = None
+        self.caught = False
+
+    @property
+    def holding(self) -> bool:
+        return self.previous is not None
+
+    def hold(self) -> None:
+        if self.previous is not None or threading.current_thread() is not threading.main_thread():
+            return
+        self.caught = False
+        self.previous = signal.signal(signal.SIGINT, self._catch)
+
+    def _catch(self, *args) -> None:
+        self.caught = True
+
+    def release(self) -> None:
+        """End the hold; re-raise a Ctrl-C that arrived during it."""
+        if self.previous is None:
+            return
+        signal.signal(signal.SIGINT, self.previous)
+        self.previous = None
+        if self.caught:
+            raise KeyboardInterrupt
+
+
+class Engine:
+    """The primitives of a ZO step over a fixed list of trainable parameters.
+
+    Args:
+        params: the trainable parameters (``Perturbed``: tensor, noise key, name).
+        sampler: gives each parameter its draw z(seed) and each step its parameter subsets
+            (``zotune.samplers``); already bound to ``params``.
+        clock: returns the ``Step`` being taken (the optimizer's seed and step counter).
+        master: returns the fp32 master copy of a parameter, or None (half-precision options).
+        chunk_size: elements per pass chunk; bounds temporaries, never changes results.
+        stochastic_rounding: unbiased rounding of half-precision writes.
+    """
+
+    def __init__(self, params: list[Perturbed], sampler, *, clock: Callable[[], Step],
+                 master: Callable[[torch.Tensor], torch.Tensor | None], chunk_size: int = 1 << 20,
+                 stochastic_rounding: bool = True):
+        self.params = params
+        self.by_id = {id(e.param): e for e in params}
+        self.sampler = sampler
+        self.clock = clock
+        self.master = master
+        self.chunk_size = int(chunk_size)
+        self.stochastic_rounding = stochastic_rounding
+        self.rng = CounterRNG()
+        self.hold = InterruptHold()
+        # learned from the first perturbed forward: tied parameters (several owner modules) and
+        # parameters read outside their owner's forward (swapped through .data instead)
+        self.layout_known = False
+        self.tied: frozenset[int] = frozenset()
+        self.outside: frozenset[int] = frozenset()
+
+    def entry(self, param: torch.Tensor) -> Perturbed:
+        """The engine's record of a trainable parameter tensor."""
+        return self.by_id[id(param)]
+
+    # ----------------------------------------------------------------- directions
+    def chunks(self, e: Perturbed, direction: Direction):
+        """(a, b) -> fp32 elements [a, b) of Σ weight·z(seed) for ``e``.
+
+        Dense draws (the sampler returns None) are generated chunk by chunk into reused buffers:
+        the returned chunk is only valid until the next call, and callers may modify it in place.
+        """
+        combo = as_direction(direction)
+        n = e.param.numel()
+        t = self.clock()
+        terms = [(seed, w, self.sampler.draw(e, seed, t)) for seed, w in combo]
+        dev = e.param.device
+        kind = self.sampler.kind
+        bufs: list[torch.Tensor] = []
+
+        def term(seed, w, mat, a, b, i):
+            if mat is not None:
+                return mat.reshape(-1)[a:b] * w
+            if len(bufs) <= i or bufs[i].numel() < b - a:
+                bufs[i:i + 1] = [torch.empty(b - a, dtype=torch.float32, device=dev)]
+            z = self.rng.fill(bufs[i][: b - a], seed, e.key, a, n, kind, DIRECTION)
+            return z if w == 1.0 else z.mul_(w)
+
+        def chunk(a, b):
+            out = term(*terms[0], a, b, 0)
+            for seed, w, mat in terms[1:]:
+                out.add_(term(seed, w, mat, a, b, 1))
+            return out
+
+        return chunk
+
+    def tensor(self, e: Perturbed, direction: Direction) -> torch.Tensor:
+        """Σ weight·z(seed) for ``e``, materialised (fp32, e's shape)."""
+        n = e.param.numel()
+        return self.chunks(e, direction)(0, n).view_as(e.param)
+
+    def subsets(self, within: Subset = None) -> list[Subset]:
+        """The sampler's parameter subsets of this step, each restricted to ``within``."""
+        out = []
+        for s in self.sampler.subsets(self.clock()):
+            if within is not None:
+                s = within if s is None else s & within
+            out.append(s)
+        return out
+
+    # ----------------------------------------------------------------- evaluation
+    def perturbation(self, make: Callable[[Perturbed, torch.dtype | None], torch.Tensor],
+                     swap_outside: bool = True) -> FunctionalPerturbation:
+        """A context in which every forward reads ``make(e, dtype)`` instead of each parameter.
+        ``swap_outside=False`` leaves parameters read outside their owner's forward untouched."""
+        return FunctionalPerturbation(self.by_id, make, self.tied, self.outside if swap_outside else frozenset())
+
+    def learn_layout(self, visits: dict[int, int]) -> bool:
+        """Record, from a first perturbed forward's ``visits``, which parameters are tied and which
+        are read outside their owner's forward. Returns True if some are read outside."""
+        self.tied = frozenset(pid for pid, n in visits.items() if n > 1)
+        self.outside = frozenset(pid for pid in self.by_id if pid not in visits)
+        self.layout_known = True
+        return bool(self.outside)
+
+    def loss_at(self, closure: Callable, direction: Direction | Callable[[Perturbed], Direction | None],
+                scale: float, subset: Subset = None) -> torch.Tensor:
+        """Loss of the closure at θ + scale·d, under no_grad; weights are not written.
+
+        ``direction`` is one direction for every parameter of ``subset`` (None: all), or a function
+        giving each parameter its direction (None: not perturbed), e.g. the parts of an estimate.
+        ``scale=0`` evaluates θ itself, with no copies built."""
+        with torch.no_grad():
+            if scale == 0:
+                return _as_loss(closure())
+            along = direction if callable(direction) else (
+                lambda e: direction if subset is None or id(e.param) in subset else None)
+
+            def make(e: Perturbed, dtype: torch.dtype | None) -> torch.Tensor:
+                d = along(e)
+                if d is None:
+                    return e.param if dtype is None else e.param.to(dtype)
+                return perturbed_copy(e.param, self.chunks(e, d), scale, self.chunk_size, dtype)
+
+            pert = self.perturbation(make)
+            with pert:
+                loss = closure()
+            if not self.layout_known and self.learn_layout(pert.visits):
+                with self.perturbation(make):  # some parameters were read outside their owner's forward
+                    loss = closure()
+        return _as_loss(loss)
+
+    def two_point(self, closure: Callable, direction: Direction, eps: float,
+                  subset: Subset = None) -> tuple[float, float]:
+        """L(θ+εd) and L(θ−εd) as floats (one host synchronisation). Raises on NaN/inf."""
+        lp = self.loss_at(closure, direction, eps, subset)
+        lm = self.loss_at(closure, direction, -eps, subset)
+        lp_f, lm_f = torch.stack([lp, lm]).tolist()
+        check_finite(lp_f, lm_f, step=self.clock().index)
+        return lp_f, lm_f
+
+    def one_sided(self, closure: Callable, seeds: list[int], eps: float, subset: Subset = None) -> list[float]:
+        """L(θ + ε·z(s)) for each seed (a pool's scores), read with one host synchronisation.
+        Raises on NaN/inf."""
+        losses = torch.stack([self.loss_at(closure, s, eps, subset) for s in seeds]).tolist()
+        check_finite(*losses, step=self.clock().index)
+        return losses
+
+    def spsa(self, closure: Callable, eps: float, n: int, within: Subset = None) -> Estimate:
+        """n-SPSA on every subset of the step: per subset, n two-point estimates along the draws
+        of seeds ``Step.draw_seed(j)``, g_j = (L(θ+εz_j) − L(θ−εz_j)) / 2ε, and the mean of its 2n
+        losses. ``within`` restricts every subset (e.g. the ZO side of a hybrid method)."""
+        t = self.clock()
+        parts, all_g = [], []
+        for subset in self.subsets(within):
+            terms, total = [], 0.0
+            for j in range(n):
+                seed = t.draw_seed(j)
+                lp, lm = self.two_point(closure, seed, eps, subset)
+                terms.append((seed, (lp - lm) / (2 * eps)))
+                total += lp + lm
+            parts.append(Part(subset, tuple(terms), n, total / (2 * n)))
+            all_g += [g for _, g in terms]
+        loss = sum(p.loss for p in parts) / len(parts)
+        return Estimate(tuple(parts), loss, sum(all_g) / len(all_g))
+
+    # ----------------------------------------------------------------- the write pass
+    def write(self, e: Perturbed, delta: torch.Tensor, decay: float = 1.0) -> None:
+        """θ ← decay·θ + delta for one parameter, with a materialised fp32 ``delta``."""
+        flat = delta.reshape(-1)
+        self._update(e, lambda a, b: flat[a:b], decay)
+
+    def write_along(self, e: Perturbed, direction: Direction, coef: float, decay: float = 1.0) -> None:
+        """θ ← decay·θ + coef·d for one parameter; d is regenerated chunk by chunk, never stored."""
+        chunks = self.chunks(e, direction)
+        self._update(e, lambda a, b: chunks(a, b).mul_(coef), decay)
+
+    def _update(self, e: Perturbed, delta, decay: float) -> None:
+        self.hold.hold()  # from the first write to the end of the step
+        rounding = (self.rng, self.clock().seed, e.key) if self.stochastic_rounding else None
+        update_(e.param, delta, self.chunk_size, decay, self.master(e.param), rounding)
+
+
+def collect_params(param_groups: Iterable[dict]) -> list[Perturbed]:
+    """The trainable parameters of ``param_groups`` with their noise keys: from names
+    (``named_parameters()``) when given, so the noise does not depend on the parameters' order,
+    else from positions. Each tensor is listed once."""
+    found: dict[int, Perturbed] = {}
+    index = 0
+    for group in param_groups:
+        names = group.get("param_names")
+        for i, p in enumerate(group["params"]):
+            index += 1
+            if not p.requires_grad:
+                continue
+            if not p.is_contiguous():
+                raise ValueError("zotune needs contiguous parameters; call .contiguous() on the model")
+            if id(p) in found:
+                continue
+            name = names[i] if names else None
+            key = name_key(name) if names else mix(0xC0FFEE, index)
+            found[id(p)] = Perturbed(p, key, name, index)
+    if not found:
+        raise ValueError("no parameter with requires_grad=True was given to the optimizer")
+    return list(found.values())
+
+
+def _as_loss(loss) -> torch.Tensor:
+    return loss.detach().float() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))

@@ -1,0 +1,106 @@
+"""Low-rank samplers: SubZero's random subspaces and LOZO's lazy factors.
+
+Both view a parameter with two or more dimensions as a matrix W ∈ R^{m×n} (shape[0] × rest) and
+give it a rank-r draw. Vectors, and matrices with min(m, n) ≤ r, take the dense stream
+(``low_rank_shape``): there a rank-r factor cannot lower the rank and would only pin the matrix to
+an r-dimensional subspace for a whole refresh period (a 1×n head would move along one fixed line).
+The factors are *regenerated* from their seeds whenever needed, never stored: 0 bytes of state,
+for a few extra draws (and, for SubZero, two thin QRs) per matrix per pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from zotune.engine import Step
+from zotune.perturb import Perturbed
+from zotune.rng import mix
+from zotune.samplers.base import Sampler, register_sampler
+
+SUBSPACE = 0x5B2E0  # salt of SubZero's refresh seed: subspaces are independent of the step's draws
+LAZY = 0x1A2F0  # salt of the seed of LOZO's lazy factor V
+
+
+def low_rank_shape(p: torch.Tensor, rank: int) -> tuple[int, int] | None:
+    """(m, n) a parameter is viewed as for a rank-``rank`` draw, or None for the dense stream."""
+    if p.dim() < 2 or p.numel() == 0:
+        return None
+    m, n = p.shape[0], p.numel() // p.shape[0]
+    return (m, n) if rank < min(m, n) else None
+
+
+class _LowRankSampler(Sampler):
+    """Rank-r draws with factors redrawn every ``refresh_every`` steps."""
+
+    def __init__(self, rank: int, refresh_every: int):
+        super().__init__()
+        if rank < 1:
+            raise ValueError(f"rank must be >= 1, got {rank}")
+        if refresh_every < 1:
+            raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
+        self.rank = int(rank)
+        self.refresh_every = int(refresh_every)
+
+    def period_seed(self, t: Step, salt: int) -> int:
+        """Seed of the factors at step ``t``: changes every ``refresh_every`` steps."""
+        return mix(t.run_seed, salt, t.index // self.refresh_every)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(rank={self.rank}, refresh_every={self.refresh_every})"
+
+
+@register_sampler("subspace")
+class Subspace(_LowRankSampler):
+    """SubZero's draws (Yu et al., arXiv 2410.08989): for a matrix W ∈ R^{m×n},
+
+        U = QR(G_U).Q ∈ R^{m×r},  V = QR(G_V).Q ∈ R^{n×r}   # G Gaussian, refreshed every F steps
+        Z = √(mn)/r · U Z₀ Vᵀ,      Z₀ ∈ R^{r×r} of the noise kind, fresh for every seed
+
+    The scale keeps the dense second moment, E‖Z‖²_F = (mn/r²)·E‖Z₀‖²_F = mn, so learning rates
+    tuned for dense draws carry over. U, V are Haar-distributed (G always Gaussian).
+    """
+
+    def __init__(self, rank: int = 24, refresh_every: int = 1000):
+        super().__init__(rank, refresh_every)
+
+    def orthonormal(self, seed: int, key: int, rows: int, cols: int, device) -> torch.Tensor:
+        """Q of the QR of a seeded rows×cols Gaussian: a Haar-random orthonormal basis (fp32)."""
+        g = self.rng.draw(seed, key, 0, rows * cols, rows * cols, "gaussian", device=device)
+        return torch.linalg.qr(g.view(rows, cols), mode="reduced").Q
+
+    def draw(self, e: Perturbed, seed: int, t: Step) -> torch.Tensor | None:
+        shape = low_rank_shape(e.param, self.rank)
+        if shape is None:
+            return None
+        (m, n), r, dev = shape, self.rank, e.param.device
+        base = self.period_seed(t, SUBSPACE)
+        u = self.orthonormal(mix(base, 1), e.key, m, r, dev)
+        v = self.orthonormal(mix(base, 2), e.key, n, r, dev)
+        z0 = self.rng.draw(seed, e.key, 0, r * r, r * r, self.kind, device=dev).view(r, r)
+        return ((u * (math.sqrt(m * n) / r)) @ z0 @ v.T).view_as(e.param)
+
+
+@register_sampler("lowrank")
+class LowRank(_LowRankSampler):
+    """LOZO's draws (Chen et al., arXiv 2410.07698): for a matrix W ∈ R^{m×n},
+
+        V ∈ R^{n×r} ~ N(0, I), redrawn every ν steps ("lazy");  U ∈ R^{m×r} of the noise kind,
+        fresh for every seed;  Z = U Vᵀ
+
+    Not rescaled, as in the paper: E‖U Vᵀ‖²_F = m·n·r, r times the dense E‖z‖² = mn, so a learning
+    rate tuned for dense draws should be divided by r.
+    """
+
+    def __init__(self, rank: int = 2, refresh_every: int = 50):
+        super().__init__(rank, refresh_every)
+
+    def draw(self, e: Perturbed, seed: int, t: Step) -> torch.Tensor | None:
+        shape = low_rank_shape(e.param, self.rank)
+        if shape is None:
+            return None
+        (m, n), r, dev = shape, self.rank, e.param.device
+        v = self.rng.draw(self.period_seed(t, LAZY), e.key, 0, n * r, n * r, "gaussian", device=dev)
+        u = self.rng.draw(seed, e.key, 0, m * r, m * r, self.kind, device=dev)
+        return (u.view(m, r) @ v.view(n, r).T).view_as(e.param)
