@@ -5,13 +5,13 @@ steps on each kind and check that every bad input exits 2 with its message and n
 """
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from zotune.tasks.custom import CustomTask, carve_splits, is_data_source
+from zotune.tasks import looks_like_data
+from zotune.tasks.custom import CustomTask, carve_splits
 from zotune.tasks.custom_files import Row
 from zotune.tasks.custom_spec import SplitFractions, load_spec
 
@@ -141,14 +141,14 @@ def test_data_folder(tmp_path):
     _write(tmp_path, "validation.csv", "text,label\nfine,positive\n")
     _write(tmp_path, "test.tsv", "text\tlabel\nok\tpositive\nmeh\tnegative\n")
     task = CustomTask(str(tmp_path), CLS_SPEC)
-    assert task.name == tmp_path.name and is_data_source(str(tmp_path))
+    assert task.name == tmp_path.name and looks_like_data(str(tmp_path))
     assert task.check() == {"train": 6, "dev": 1, "test": 2}
 
 
 def test_dataset_object_and_saved_folders(tmp_path):
     datasets = pytest.importorskip("datasets")
     ds = datasets.Dataset.from_list(_reviews(20))
-    assert is_data_source(ds) and not is_data_source("sst2")
+    assert looks_like_data(ds) and not looks_like_data("sst2")
     task = CustomTask(ds, CLS_SPEC)
     assert task.name == "custom" and task.check() == {"train": 16, "dev": 2, "test": 2}
     ds.save_to_disk(str(tmp_path / "one"))

@@ -2,9 +2,9 @@
 a short spec (see ``custom_spec``) that says how a row becomes a prompt and what the right answer is.
 
 The task produces the same ``Example``s as the built-in tasks, so the kind's shared scoring, loss,
-decoding and metrics apply unchanged. ``check()`` reads and validates every split up front: the
-training harness calls it before loading a model, so a bad row fails in milliseconds with the file,
-the line and the fix, instead of minutes into a run.
+decoding and metrics apply unchanged. The first ``load()`` (or ``check()``) reads and validates
+every file and split at once; the training harness loads all splits before the model, so a bad row
+fails in milliseconds with the file, the line and the fix, instead of minutes into a run.
 """
 
 from __future__ import annotations
@@ -19,16 +19,6 @@ from .custom_files import (Row, dataset_splits, is_data_file, is_dataset, is_sav
 from .custom_spec import SPLITS, SplitFractions, TaskSpec, label_key, load_spec
 
 T = TypeVar("T")
-
-
-def is_data_source(source: Any) -> bool:
-    """Whether ``--task`` names the user's own data rather than a registered task: a .jsonl/.csv/.tsv
-    path, an existing folder, or a ``datasets`` object."""
-    if is_dataset(source):
-        return True
-    if not isinstance(source, (str, Path)):
-        return False
-    return is_data_file(source) or Path(source).expanduser().is_dir()
 
 
 class CustomTask(Task):
