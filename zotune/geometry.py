@@ -7,7 +7,7 @@ An LMO over the unit ball of a norm ‖·‖ returns
 Stepping θ ← θ + γ·lmo(d) is steepest descent in that norm: SignSGD/Lion for ℓ∞, Muon for the
 spectral norm, normalised SGD for ℓ2 (Pethick et al., "Training Deep Learning Models with
 Norm-Constrained LMOs", arXiv 2502.07529; Scion assigns one norm per layer). Why it matters for ZO:
-the update's shape no longer depends on the gradient's scale, and heterogeneous blocks (matrices,
+the update's shape no longer depends on the gradient's scale, and heterogeneous tensors (matrices,
 gains, embeddings) each move in the norm that suits them.
 
 Geometries here, each an LMO, its primal norm (to measure distances) and its dual norm:
@@ -156,13 +156,13 @@ def lmo(geometry: str, d: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------- rules
 def lmo_for(param_name: str, shape, override: str | Mapping[str, str] | None = None) -> str:
-    """The geometry of one parameter block.
+    """The geometry of one parameter tensor.
 
     Default (Scion-like): spectral for 2-D (or higher) hidden matrices; sign for vectors (biases,
     norms' gains) and for embeddings / output heads (names containing embed, wte, wpe, lm_head,
-    shared, tok_). ``override`` is one geometry for every block, or a mapping of fnmatch patterns on
+    shared, tok_). ``override`` is one geometry for every tensor, or a mapping of fnmatch patterns on
     the parameter name (e.g. ``{"*.bias": "euclidean", "*embed*": "colnorm"}``); the first matching
-    pattern wins and unmatched blocks keep the default.
+    pattern wins and unmatched tensors keep the default.
     """
     if isinstance(override, str):
         if override not in GEOMETRIES:
@@ -188,7 +188,7 @@ def _prod(xs) -> int:
 
 
 def lmo_step(g_hat: torch.Tensor, geometry: str) -> tuple[torch.Tensor, float]:
-    """The LMO step for one block's materialised estimate ``g_hat`` (e.g. from
+    """The LMO step for one tensor's materialised estimate ``g_hat`` (e.g. from
     ``ZOOptimizer.direction_tensor``): returns (u, ‖g_hat‖_*) with u = lmo(g_hat), ‖u‖ ≤ 1.
 
     The dual norm is read off the step itself, −⟨g_hat, u⟩, so it is free and consistent with the

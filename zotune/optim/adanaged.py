@@ -1,4 +1,4 @@
-"""AdaNAGED-style ZO optimizer: two-point estimate, momentum, per-block LMO step, parameter-free
+"""AdaNAGED-style ZO optimizer: two-point estimate, momentum, per-tensor LMO step, parameter-free
 step size and smoothing radius. Runs with no lr and no eps.
 
 Source: Bystrov, Medyakov, Bylinkin, Beznosikov, "Zero-order Parameter-free Optimization for
@@ -13,10 +13,10 @@ Per step t, with τ_t the smoothing radius and z(s) the sampler's draws (n-SPSA:
 
     ĝ_t   = (1/n) Σ_j (L(θ+τ_t z_j) − L(θ−τ_t z_j)) / (2τ_t) · z_j          # 2n forward passes
     m_t   = β m_{t−1} + (1−β) ĝ_t ;  d_t = β m_t + (1−β) ĝ_t  (Nesterov look-ahead; else d_t = m_t)
-    per block b, in its geometry (zotune.geometry.lmo_for: spectral for hidden matrices, sign for
+    per tensor b, in its geometry (zotune.geometry.lmo_for: spectral for hidden matrices, sign for
     vectors and embeddings):
         u_b = lmo_b(d_b),  δ_b = ‖d_b‖_{b,*} = −⟨d_b, u_b⟩
-        G_b ← G_b + ‖ĝ_b‖_{b,*}² ;  γ_b = r̄_b · δ_b / √G_b               # DoG, per block (L-DoG)
+        G_b ← G_b + ‖ĝ_b‖_{b,*}² ;  γ_b = r̄_b · δ_b / √G_b               # DoG, per tensor (L-DoG)
         θ_b ← θ_b + step_scale · γ_b · u_b
         r̄_b ← max(r̄_b, ‖θ_b − θ₀_b‖_b)   (distance="exact")  or  max(r̄_b, Σ γ_b)  ("bound")
     τ_{t+1} = max(τ_min, RMS over all elements of the step just computed)
@@ -34,12 +34,12 @@ half precision. Start: r̄_b = r_eps·(1 + ‖θ₀_b‖_b), τ_0 = r_eps·(1 + 
 
 Forward passes per step: 2·num_directions. State (× trainable elements, fp32 params):
     momentum_state="buffer": 1 (fp32 m, kept fp32 for half params too); "seeds": 0 (the last
-    ``history`` (seed, g) pairs; m is rebuilt per block at ``history``× the noise cost; m is
+    ``history`` (seed, g) pairs; m is rebuilt per tensor at ``history``× the noise cost; m is
     truncated to the last K terms); beta=0: 0.
     distance="exact": +1 (θ₀ in the parameter's dtype); "bound": 0 (r̄ from the scalar Σγ, valid
-    because every LMO step has block norm γ, but it overestimates once the iterate turns around).
+    because every LMO step has norm γ in its tensor's geometry, but it overestimates once the iterate turns around).
     Defaults: buffer + exact = 2×; the O(1) variant momentum_state="seeds", distance="bound" = 0×
-    (plus O(blocks + K) scalars).
+    (plus O(tensors + K) scalars).
 Defaults: beta 0.9, nesterov on (assumptions: the usual Muon/Lion momentum), geometry "auto".
 ``step_scale`` multiplies every applied step (0 = a no-op step that still updates the statistics).
 """
