@@ -55,3 +55,26 @@ def test_adazeta_schedule_grows_queries():
     assert per_step[0] == 2 and per_step[-1] == 6
     with pytest.raises(ValueError, match="query_schedule"):
         MeZO(model.parameters(), query_schedule=(0, 1, 2))
+
+
+@pytest.mark.parametrize("name,per_draw,fixed", [
+    ("mezo-gv", 4, 0), ("mezo-greedy", 2, 1), ("forward-grad", 1, 0), ("zo-sgd-cons", 2, 3), ("adanaged", 2, 0),
+    ("hybrid-zo", 2, 1),
+])
+def test_every_method_honours_the_query_schedule(name, per_draw, fixed):
+    """AdaZeta's n_t is read by every method with several draws: closure calls per step are
+    per_draw·n_t + fixed (pools of 2 + their ± pair; Greedy: 2 scores and one L(θ); JVPs; Cons: 3
+    extra; HybridZO: one first-order forward), equal to the stated forward_passes."""
+    from method_checks import mlp
+
+    from zotune.optim import build_optimizer
+
+    model, loss = mlp()
+    extra = {"fo_params": r"^2\."} if name == "hybrid-zo" else {}
+    opt = build_optimizer(name, model.named_parameters(), lr=None if name == "adanaged" else 1e-3,
+                          query_schedule=(1.0, 0.5, 3), **extra)
+    wrapped, calls = counting(loss)
+    for t in range(6):
+        before, stated = calls[0], opt.forward_passes
+        opt.step(wrapped)
+        assert calls[0] - before == stated == per_draw * min(3, math.ceil((t + 1) ** 0.5)) + fixed
