@@ -8,6 +8,7 @@ modules the first time a name is looked up.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -21,16 +22,13 @@ from zotune.optim.registry import METHODS
 _NOT_METHODS = {"base", "registry"}
 
 
+@functools.cache
 def _load_all() -> dict[str, tuple[str, str, bool]]:
-    if not _load_all.done:
-        for info in pkgutil.iter_modules(__path__):
-            if info.name not in _NOT_METHODS:
-                importlib.import_module(f"{__name__}.{info.name}")
-        _load_all.done = True
+    """Import every method module once, so each registers its name; the filled registry."""
+    for info in pkgutil.iter_modules(__path__):
+        if info.name not in _NOT_METHODS:
+            importlib.import_module(f"{__name__}.{info.name}")
     return METHODS
-
-
-_load_all.done = False
 
 
 class _Registry(Mapping):
