@@ -38,6 +38,27 @@ def mlp(seed: int = 0, n: int = 128):
 PROBLEMS = {"least_squares": least_squares, "mlp": mlp}
 
 
+def deep_mlp():
+    """Six 6×6 tanh layers (six layer blocks ``0`` … ``5``) for the layer samplers: (model, closure)."""
+    g = torch.Generator().manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Linear(6, 6) for _ in range(6)])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.4)
+    X = torch.randn(32, 6, generator=g)
+    return model, lambda: (model(X).tanh() - 0.5).square().mean()
+
+
+def params_by_block(model) -> dict[str, list[torch.Tensor]]:
+    """Copies of the parameters grouped by layer block label."""
+    from zotune.samplers import block_label
+
+    out = {}
+    for name, p in model.named_parameters():
+        out.setdefault(block_label(name), []).append(p.detach().clone())
+    return out
+
+
 def flat(model) -> torch.Tensor:
     return torch.cat([p.detach().flatten().float() for p in model.parameters()])
 

@@ -5,32 +5,14 @@ import pytest
 import torch
 
 from method_checks import (PROBLEMS, check_converges, check_forward_count, check_noop_and_exceptions, check_resume,
-                           check_same_seed, flat)
+                           check_same_seed, deep_mlp, flat, params_by_block)
 from zotune.optim import AdaNAGED, MeZO, ZOAdam, build_optimizer
 from zotune.optim.block_zo import BlockZO
 from zotune.optim.lezo import LeZO
 from zotune.optim.lozo import LOZO
 from zotune.optim.sparse_zo import SparseZO
 from zotune.optim.subzero import SubZero
-from zotune.samplers import SAMPLERS, Blocks, LayerSubset, LowRank, Sampler, SparseMask, Subspace, block_label
-
-
-def deep_mlp():
-    """Six 6×6 layers: six layer blocks."""
-    g = torch.Generator().manual_seed(0)
-    model = torch.nn.Sequential(*[torch.nn.Linear(6, 6) for _ in range(6)])
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.4)
-    X = torch.randn(32, 6, generator=g)
-    return model, lambda: (model(X).tanh() - 0.5).square().mean()
-
-
-def by_block(model):
-    out = {}
-    for name, p in model.named_parameters():
-        out.setdefault(block_label(name), []).append(p.detach().clone())
-    return out
+from zotune.samplers import SAMPLERS, Blocks, LayerSubset, LowRank, Sampler, SparseMask, Subspace
 
 
 def changed_blocks(before, after):
@@ -112,9 +94,9 @@ def test_adanaged_with_layer_subsets_moves_only_the_chosen_layers():
     seen = set()
     for _ in range(5):
         chosen = sorted(opt.sampler.labels(opt.current_step()))
-        before = by_block(model)
+        before = params_by_block(model)
         opt.step(closure)
-        assert changed_blocks(before, by_block(model)) == chosen
+        assert changed_blocks(before, params_by_block(model)) == chosen
         seen.add(tuple(chosen))
     assert len(seen) > 1
 
@@ -147,7 +129,7 @@ def test_block_wise_zo_adam_updates_only_the_visited_blocks():
     assert opt.forward_passes == 4
     for _ in range(3):
         visited = sorted(opt.sampler.labels(opt.current_step()))
-        before = by_block(model)
+        before = params_by_block(model)
         opt.step(closure)
-        assert changed_blocks(before, by_block(model)) == visited
+        assert changed_blocks(before, params_by_block(model)) == visited
     assert len(opt.state) == 6 * 2  # weights and biases of all six layers, created as they were visited

@@ -4,8 +4,8 @@ defining property."""
 
 import pytest
 import torch
-from method_checks import (PROBLEMS, check_converges, check_forward_count, check_noop_and_exceptions,
-                           check_resume, check_same_seed, check_state_bytes)
+from method_checks import (PROBLEMS, check_converges, check_forward_count, check_noop_and_exceptions, check_resume,
+                           check_same_seed, check_state_bytes, deep_mlp, params_by_block)
 
 from zotune.optim.block_zo import BlockZO
 from zotune.optim.lezo import LeZO
@@ -124,23 +124,6 @@ def test_dense_stream_for_vectors_and_thin_matrices():
 
 
 # ------------------------------------------------------------------------------- layer subsets
-def deep_mlp():
-    g = torch.Generator().manual_seed(0)
-    model = torch.nn.Sequential(*[torch.nn.Linear(6, 6) for _ in range(6)])
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.4)
-    X = torch.randn(32, 6, generator=g)
-    return model, lambda: (model(X).tanh() - 0.5).square().mean()
-
-
-def params_by_block(model):
-    out = {}
-    for name, p in model.named_parameters():
-        out.setdefault(block_label(name), []).append(p.detach().clone())
-    return out
-
-
 def test_block_label():
     assert block_label("model.layers.7.self_attn.q_proj.weight") == "model.layers.7"
     assert block_label("model.embed_tokens.weight") == "model.embed_tokens"
