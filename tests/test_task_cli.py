@@ -106,3 +106,14 @@ def test_bad_data_fails_before_model_and_run_folder(tmp_path, monkeypatch, capsy
     assert main(["eval", "--model", "tiny-llama", "--task", "cb"]) == 2
     assert "--data-dir" in capsys.readouterr().err
     assert train_mod.load_task_data  # the loader train() calls before the model
+
+
+@needs_data
+def test_bench_times_a_batch_of_the_chosen_task(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", "tiny-llama", "--task", "copa", "--data-dir", str(DATA), "--steps", "1",
+                 "--warmup", "0", "--batch-size", "2", "--autocast", "none", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["task"] == "copa" and all(r["seconds"] > 0 for r in res["phases"].values())
+    assert "task copa" in capsys.readouterr().out
+    assert main(["bench", "--model", "tiny-llama", "--task", "cb", "--data-dir", str(tmp_path)]) == 2
