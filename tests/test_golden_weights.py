@@ -11,18 +11,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from golden.make_golden import CASES, GOLDEN_FILE, fingerprint, run_case, zo_methods
+from golden.make_golden import CASES, GOLDEN_FILE, fingerprint, run_case, single_thread, zo_methods
 
 GOLDEN = torch.load(GOLDEN_FILE, weights_only=True)["cases"]
 
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """The recording ran on one thread; a matmul's summation order may depend on the thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with single_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

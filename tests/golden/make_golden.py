@@ -17,6 +17,7 @@ Regenerate (only on purpose; the recorded file is the pre-refactor engine at com
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 from pathlib import Path
 
@@ -111,6 +112,18 @@ def run_case(case: str, steps: int = STEPS):
     return {n: p.detach().clone() for n, p in model.named_parameters()}, losses
 
 
+@contextlib.contextmanager
+def single_thread():
+    """One torch thread: a matmul's summation order may depend on the thread count, and the
+    recording and the replays must sum alike."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def fingerprint(t: torch.Tensor) -> str:
     """sha256 of the tensor's exact bytes (dtype and shape included)."""
     h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
@@ -132,10 +145,10 @@ def main() -> None:
     missing = sorted(set(zo_methods()) - {m for m, _, _ in CASES.values()})
     if missing:
         raise SystemExit(f"no golden case for {missing}")
-    torch.set_num_threads(1)
     record = {"source": str(root), "steps": STEPS, "seed": SEED, "cases": {}}
     for case in CASES:
-        weights, losses = run_case(case)
+        with single_thread():
+            weights, losses = run_case(case)
         start, _ = tiny_problem(CASES[case][2])
         moved = max((weights[n].float() - p.detach().float()).abs().max().item() for n, p in start.named_parameters())
         record["cases"][case] = {"weights": weights, "losses": losses,
