@@ -189,7 +189,7 @@ def _prod(xs) -> int:
 
 def lmo_step(g_hat: torch.Tensor, geometry: str) -> tuple[torch.Tensor, float]:
     """The LMO step for one tensor's materialised estimate ``g_hat`` (e.g. from
-    ``ZOOptimizer.direction_tensor``): returns (u, ‖g_hat‖_*) with u = lmo(g_hat), ‖u‖ ≤ 1.
+    ``Engine.tensor``): returns (u, ‖g_hat‖_*) with u = lmo(g_hat), ‖u‖ ≤ 1.
 
     The dual norm is read off the step itself, −⟨g_hat, u⟩, so it is free and consistent with the
     step actually taken (exact for sign/colnorm/euclidean; for spectral it is the nuclear norm as
