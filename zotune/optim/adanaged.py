@@ -137,7 +137,7 @@ class AdaNAGED(ZOOptimizer):
             for e in self.trainable(group):
                 p = e.param.detach()
                 if self.distance == "exact":
-                    self.state[e.param]["theta0"] = p.clone()
+                    self.buffer(e, "theta0", first=lambda e: e.param.detach().clone())  # θ₀, the weights' dtype
                 r0 = self.r_eps * (1.0 + norm(self.geometries[id(e.param)], p))
                 self.stats[e.key] = [r0, 0.0, 0.0]
                 sq += p.float().square().sum().item()
@@ -195,7 +195,7 @@ class AdaNAGED(ZOOptimizer):
             stats[2] += moved
             stats[0] = max(stats[0], stats[2])
         elif moved:
-            theta0 = self.state[e.param]["theta0"]
+            theta0 = self.buffer(e, "theta0")
             stats[0] = max(stats[0], norm(geometry, e.param.float() - theta0.float()))
 
     def extra_state(self) -> dict:

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch.optim import Optimizer
@@ -165,12 +165,14 @@ class ZOOptimizer(Optimizer):
         self.zo_step += 1
 
     # ----------------------------------------------------------------- state, created lazily here
-    def buffer(self, e: Perturbed, name: str) -> torch.Tensor:
-        """The fp32 state tensor ``name`` of parameter ``e`` (zeros of e's shape on first use).
-        fp32 also for half-precision weights, so small ZO estimates are not rounded away."""
+    def buffer(self, e: Perturbed, name: str, first: Callable[[Perturbed], torch.Tensor] | None = None) -> torch.Tensor:
+        """The state tensor ``name`` of parameter ``e``, created on first use as ``first(e)`` or, by
+        default, fp32 zeros of e's shape (fp32 also for half-precision weights, so small ZO
+        estimates are not rounded away)."""
         state = self.state[e.param]
         if name not in state:
-            state[name] = torch.zeros(e.param.shape, dtype=torch.float32, device=e.param.device)
+            state[name] = first(e) if first is not None else torch.zeros(
+                e.param.shape, dtype=torch.float32, device=e.param.device)
         return state[name]
 
     def master(self, p: torch.Tensor) -> torch.Tensor | None:
