@@ -133,3 +133,14 @@ def test_block_wise_zo_adam_updates_only_the_visited_blocks():
         opt.step(closure)
         assert changed_blocks(before, params_by_block(model)) == visited
     assert len(opt.state) == 6 * 2  # weights and biases of all six layers, created as they were visited
+
+
+def test_check_args_needs_no_parameters():
+    """What the trainer can call before loading a model: the same errors build_optimizer gives."""
+    from zotune.optim import check_args
+
+    assert check_args("forward-grad", {"lr": 1e-3, "eps": None}) == {"lr": 1e-3}
+    with pytest.raises(ValueError, match=r"'forward-grad' does not take \['eps'\]"):
+        check_args("forward-grad", {"eps": 1e-3})
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        check_args("mezzo", {})

@@ -81,13 +81,20 @@ def build_optimizer(name: str, named_params, **hparams):
     Hyperparameters the optimizer does not take (e.g. ``eps`` for SGD) are rejected with an error
     naming the accepted ones; ``None`` values are dropped so the method's defaults apply.
     """
-    cls = optimizer_class(name)
+    hparams = check_args(name, hparams)
+    return optimizer_class(name)(list(named_params), **hparams)
+
+
+def check_args(name: str, hparams: dict) -> dict:
+    """The hyperparameters ``build_optimizer(name, ...)`` would pass (``None`` values dropped), or
+    a ValueError naming those the optimizer does not take. Cheap: no parameters needed, so a caller
+    can check a run's options before loading a model."""
     hparams = {k: v for k, v in hparams.items() if v is not None}
-    accepted = _accepted_args(cls)
+    accepted = _accepted_args(optimizer_class(name))
     unknown = sorted(set(hparams) - accepted)
     if unknown:
         raise ValueError(f"optimizer {name!r} does not take {unknown}; it accepts {sorted(accepted)}")
-    return cls(list(named_params), **hparams)
+    return hparams
 
 
 def _accepted_args(cls) -> set[str]:
@@ -103,5 +110,5 @@ def _accepted_args(cls) -> set[str]:
     return args
 
 
-__all__ = ["NonFiniteLossError", "OPTIMIZERS", "ZOOptimizer", "available", "build_optimizer",
+__all__ = ["NonFiniteLossError", "OPTIMIZERS", "ZOOptimizer", "available", "build_optimizer", "check_args",
            "is_zeroth_order", "optimizer_class"]
