@@ -7,9 +7,10 @@ import torch
 from zotune.models import load_model
 from zotune.tasks import ClassificationTask, Example, Task, encode, evaluate, loss_fn
 from zotune.tasks.batches import scores
-from zotune.tasks.encoding import continuation_ids, prompt_ids
+from zotune.tasks.encoding import continuation_ids, hide_leading, prompt_ids, special_prefix
 from zotune.tasks.generation import greedy_decode
-from zotune.tasks.icl import draw_demonstrations, with_demonstrations
+from zotune.tasks.icl import draw_demonstrations, fit, prefix_text
+from zotune.tasks.scoring import Prefix
 
 PROMPTS = ["the movie was long . It was", "a", "an utterly dull , lifeless and tired remake of a classic . It was",
            "fine acting\nIs it good? Yes or No?\n"]
@@ -199,11 +200,48 @@ def test_icl_fits_demonstrations_into_the_context(tiny):
     assert len(demos) == 32 and demos == draw_demonstrations(task, train, 32)  # fixed seed
     assert all(d.endswith(task.verbalizers) for d in demos)
     test = [task.example(PROMPTS[2], 0), task.example(PROMPTS[1], 1)]
+
+    def length(ex, m):  # prefix + prompt without its BOS + the longest verbalizer
+        pre = len(tok(prefix_text(demos, m), add_special_tokens=True)["input_ids"]) if m else len(special_prefix(tok))
+        longest = max(len(continuation_ids(tok, ex.prompt, c)) for c in ex.candidates)
+        return pre + len(prompt_ids(tok, ex.prompt)) - len(special_prefix(tok)) + longest
+
     for limit in (64, 256):
-        shown, used = with_demonstrations(task, tok, test, demos, limit)
-        for ex, orig, m in zip(shown, test, used):
-            assert ex.prompt.endswith(orig.prompt) and ex.prompt.count("\n\n") == m
-            longest = max(len(continuation_ids(tok, ex.prompt, c)) for c in ex.candidates)
-            assert len(prompt_ids(tok, ex.prompt)) + longest <= limit
+        used = fit(task, tok, test, demos, limit)
         assert 0 < max(used) < 32
-    assert sum(with_demonstrations(task, tok, test, demos, 64)[1]) < sum(with_demonstrations(task, tok, test, demos, 256)[1])
+        for ex, m in zip(test, used):
+            assert length(ex, m) <= limit < length(ex, m + 1)  # as many as fit, not one more
+    assert sum(fit(task, tok, test, demos, 64)) < sum(fit(task, tok, test, demos, 256))
+
+
+def test_icl_prefix_cache_equals_reading_prefix_and_prompt_at_once(tiny):
+    model, tok = tiny
+    n_special = len(special_prefix(tok))
+    task = MultiToken()
+    demos = draw_demonstrations(task, [task.example(p, i % 3) for i, p in enumerate(PROMPTS)], 3)
+    pre = tok(prefix_text(demos, 3), add_special_tokens=True)["input_ids"]
+    examples = [task.example(p, i % 3) for i, p in enumerate(PROMPTS)]
+    got = evaluate(model, tok, task, examples, batch_size=3, prefix_ids=pre)
+    ce, correct = 0.0, 0
+    for ex in examples:
+        row = []
+        for v in task.verbalizers:
+            ids = torch.tensor([pre + prompt_ids(tok, ex.prompt)[n_special:] + continuation_ids(tok, ex.prompt, v)])
+            n = len(continuation_ids(tok, ex.prompt, v))
+            with torch.no_grad():
+                logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+            row.append(sum(float(logp[ids.shape[1] - n - 1 + i, ids[0, ids.shape[1] - n + i]]) for i in range(n)))
+        row = torch.tensor(row)
+        ce += float(torch.nn.functional.cross_entropy(row[None], torch.tensor([ex.label])))
+        correct += int(row.argmax()) == ex.label
+    assert got["loss"] == pytest.approx(ce / len(examples), abs=1e-5)
+    assert got["accuracy"] == correct / len(examples)
+    # decoding after the cached prefix = decoding the whole sequence without any cache
+    gen = encode(Gen(), tok, [Example(p, answers=("x",)) for p in PROMPTS])
+    mask = hide_leading(gen["prompt_mask"], n_special)
+    with torch.no_grad():
+        _, cached = greedy_decode(model, tok, gen["prompt_ids"], mask, 6, stop=(), prefix=Prefix.build(model, pre))
+    for i, p in enumerate(PROMPTS):
+        ids = torch.tensor([pre + prompt_ids(tok, p)[n_special:]])
+        _, plain = greedy_decode(model, tok, ids, torch.ones_like(ids), 6, stop=(), use_cache=False)
+        assert plain[0] == cached[i]

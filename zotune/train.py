@@ -37,7 +37,7 @@ from zotune.config import TrainConfig, load_config, save_config, validate
 from zotune.optim import OPTIMIZERS, NonFiniteLossError, build_optimizer, is_zeroth_order
 from zotune.tasks import Task, encode, evaluate, get_task, loss_fn, looks_like_data
 from zotune.tasks.encoding import model_context
-from zotune.tasks.icl import draw_demonstrations, shots_summary, with_demonstrations
+from zotune.tasks.icl import draw_demonstrations, evaluate_in_context, shots_summary
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "results.json", "model.safetensors")
 TB_DIR = "tb"
@@ -293,9 +293,9 @@ def train(config: TrainConfig, overwrite: bool = False, progress: bool = True) -
         return evaluate(model, tokenizer, task, examples, batch_size=32, autocast=config.autocast,
                         device=device, max_length=max_length)
 
-    baseline_ex, icl = in_context(task, tokenizer, train_ex, test_ex, config.icl_shots, max_length)
-    _log(f"{'ICL' if icl else 'zero-shot'} evaluation on {len(test_ex)} test examples ({task.metric})")
-    zero_shot = eval_on(baseline_ex)
+    _log(f"{'ICL' if config.icl_shots else 'zero-shot'} evaluation on {len(test_ex)} test examples ({task.metric})")
+    zero_shot, icl = baseline(model, tokenizer, task, train_ex, test_ex, config.icl_shots, max_length,
+                              batch_size=32, autocast=config.autocast, device=device)
 
     log = MetricsLog(out)
     sampler = BatchSampler(len(train_ex), config.batch_size, config.seed)
@@ -427,9 +427,8 @@ def evaluate_run(run: str | Path | None = None, model: str | None = None, task: 
     if run is not None:
         load_weights(net, run / "model.safetensors")
     max_length = max_length or cfg.max_length or model_context(net)
-    exs, icl = in_context(t, tokenizer, train_ex, exs, icl_shots, max_length)
-    res = evaluate(net, tokenizer, t, exs, batch_size=batch_size, autocast=autocast, device=dev,
-                   max_length=max_length)
+    res, icl = baseline(net, tokenizer, t, train_ex, exs, icl_shots, max_length, batch_size=batch_size,
+                        autocast=autocast, device=dev)
     return {"accuracy": res["score"], "metric": res["metric"], "n": res["n"], "split": split,
             "model": model_name, "task": task_name, "run": str(run) if run is not None else None,
             "metrics": _metrics_only(res), "icl": icl, "eval_time_s": round(time.perf_counter() - t0, 3)}
@@ -449,15 +448,15 @@ def load_task_data(config: TrainConfig) -> tuple[Task, list, list, list]:
     return task, splits["train"], splits["dev"], splits["test"]
 
 
-def in_context(task: Task, tokenizer, train_ex: list, examples: list, shots: int,
-               max_length: int) -> tuple[list, dict | None]:
-    """``examples`` with ``shots`` demonstrations from ``train_ex`` in front (as many as fit), and
-    what was shown; unchanged and None for zero-shot."""
+def baseline(model, tokenizer, task: Task, train_ex: list, examples: list, shots: int, max_length: int,
+             **kwargs) -> tuple[dict, dict | None]:
+    """The evaluation of ``examples`` zero-shot, or with ``shots`` demonstrations from ``train_ex``
+    in front (as many as fit), and what was shown (None for zero-shot)."""
     if not shots:
-        return examples, None
+        return evaluate(model, tokenizer, task, examples, max_length=max_length, **kwargs), None
     demos = draw_demonstrations(task, train_ex, shots)
-    with_demos, used = with_demonstrations(task, tokenizer, examples, demos, max_length)
-    return with_demos, shots_summary(shots, used, max_length)
+    result, used = evaluate_in_context(model, tokenizer, task, examples, demos, max_length, **kwargs)
+    return result, shots_summary(shots, used, max_length)
 
 
 def _metrics_only(result: dict) -> dict:

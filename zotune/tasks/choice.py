@@ -57,7 +57,8 @@ def encode_choices(tokenizer, examples: list[Example], max_length: int | None, n
 
 def choice_scores(model, batch: dict) -> torch.Tensor:
     """[B, C] float32 candidate scores; -inf where an example has fewer candidates than C."""
-    token_lp, mask = continuation_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["cont_lens"])
+    token_lp, mask = continuation_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["cont_lens"],
+                                           batch.get("prefix"))
     per_row = token_lp.sum(-1)
     if batch["normalize"]:
         per_row = per_row / mask.sum(-1).clamp(min=1)

@@ -53,7 +53,7 @@ def encode_classification(tokenizer, examples: list[Example], max_length: int | 
 
 def candidate_logits(model, batch: dict) -> torch.Tensor:
     """Float32 logits [B, C] of the verbalizer tokens at the answer (last) position."""
-    logits = last_logits(model, batch["input_ids"], batch["attention_mask"], 1)[:, -1, :]
+    logits = last_logits(model, batch["input_ids"], batch["attention_mask"], 1, batch.get("prefix"))[:, -1, :]
     return logits.index_select(-1, batch["candidate_ids"].to(logits.device)).float()
 
 

@@ -78,6 +78,17 @@ def join(tokenizer, prompt: str, continuation: str, max_length: int | None) -> t
     return prompt_ids(tokenizer, prompt) + cont, len(cont)
 
 
+def hide_leading(mask: torch.Tensor, n: int) -> torch.Tensor:
+    """A copy of a left-padded mask with each row's first ``n`` real tokens masked out: rows read
+    after a shared prefix drop their own BOS (the prefix has one)."""
+    out = mask.clone()
+    if n:
+        starts = (mask == 0).sum(-1)
+        for i, start in enumerate(starts.tolist()):
+            out[i, start:start + n] = 0
+    return out
+
+
 def left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask), each row right-aligned. Done here, not by the tokenizer, so it
     holds whatever ``padding_side`` says."""

@@ -7,20 +7,24 @@ import torch
 from ..models import autocast_context
 from .base import Example, Task
 from .batches import encode, hits, scores
-from .encoding import model_context
+from .encoding import hide_leading, model_context, special_prefix
 from .generation import generate_answers
-from .scoring import cross_entropy, model_device
+from .scoring import Prefix, cross_entropy, model_device
+
+PREFIX_MEMORY = 2**30  # bytes of shared-prefix keys/values one batch may hold (the prefix copied per row)
 
 
 def evaluate(model, tokenizer, task: Task, examples: list[Example], batch_size: int = 32,
-             autocast: str | None = None, device=None, max_length: int | None = None) -> dict:
+             autocast: str | None = None, device=None, max_length: int | None = None,
+             prefix_ids: list[int] | None = None) -> dict:
     """The task's metric on ``examples``.
 
     Returns ``metric`` (the task's headline metric), ``score`` (its value), ``n`` and the kind's
     metrics: ``accuracy`` and the mean cross-entropy ``loss`` for classification and multiple
     choice, ``em`` and ``f1`` for generation. Examples are batched in order of prompt length so
     padding stays small; left padding makes rows independent, so the order does not matter.
-    ``max_length`` None means the model's context length.
+    ``max_length`` None means the model's context length. ``prefix_ids`` (the token ids of text
+    read before every prompt, e.g. ICL demonstrations) is run once and its keys and values reused.
     """
     if not examples:
         raise ValueError("evaluate() needs at least one example")
@@ -32,9 +36,15 @@ def evaluate(model, tokenizer, task: Task, examples: list[Example], batch_size: 
     model.eval()
     try:
         with torch.no_grad(), autocast_context(device, autocast):
+            prefix = Prefix.build(model, prefix_ids) if prefix_ids else None
+            if prefix is not None:
+                max_length -= prefix.length
+                batch_size = max(1, min(batch_size, PREFIX_MEMORY // max(prefix.bytes_per_row, 1)))
             for start in range(0, len(order), batch_size):
                 chunk = [examples[i] for i in order[start:start + batch_size]]
                 batch = encode(task, tokenizer, chunk, max_length=max_length)
+                if prefix is not None:
+                    after_prefix(batch, prefix, len(special_prefix(tokenizer)))
                 for key, value in _batch_totals(model, tokenizer, task, chunk, batch).items():
                     totals[key] = totals.get(key, 0.0) + value
     finally:
@@ -42,6 +52,22 @@ def evaluate(model, tokenizer, task: Task, examples: list[Example], batch_size: 
     n = len(examples)
     out = {k: v / n for k, v in totals.items()}
     return {"metric": task.metric, "score": out[task.metric], "n": n, **out}
+
+
+def after_prefix(batch: dict, prefix: Prefix, n_special: int) -> None:
+    """Make a batch read after ``prefix``: its rows lose their own special prefix (BOS)."""
+    for key in ("attention_mask", "prompt_mask"):
+        if key in batch:
+            batch[key] = hide_leading(batch[key], n_special)
+    batch["prefix"] = prefix
+
+
+def combine(parts: list[dict]) -> dict:
+    """One result from evaluations of disjoint example sets (metrics weighted by their sizes)."""
+    n = sum(p["n"] for p in parts)
+    keys = [k for k in parts[0] if isinstance(parts[0][k], float)]
+    out = {k: sum(p[k] * p["n"] for p in parts) / n for k in keys}
+    return {**out, "metric": parts[0]["metric"], "score": out["score"], "n": n}
 
 
 def _batch_totals(model, tokenizer, task: Task, chunk: list[Example], batch: dict) -> dict[str, float]:

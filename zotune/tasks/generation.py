@@ -8,13 +8,11 @@ values, until every row has produced a stop string or EOS, or the token budget i
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 
 from .base import Example, Task
 from .encoding import join, left_pad, pad_id, prompt_ids
-from .scoring import continuation_logprobs, model_device, nll_mean, positions
+from .scoring import Prefix, cache_argument, continuation_logprobs, model_device, nll_mean, positions
 
 
 def encode_generation(task: Task, tokenizer, examples: list[Example], max_length: int | None) -> dict:
@@ -41,7 +39,8 @@ def encode_generation(task: Task, tokenizer, examples: list[Example], max_length
 
 
 def generation_loss(model, batch: dict) -> torch.Tensor:
-    token_lp, mask = continuation_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["cont_lens"])
+    token_lp, mask = continuation_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["cont_lens"],
+                                           batch.get("prefix"))
     return nll_mean(token_lp, mask)
 
 
@@ -51,20 +50,14 @@ def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
-def cache_argument(model) -> str:
-    """The name of the KV-cache argument and output: ``cache`` in recent transformers (which
-    deprecates ``past_key_values``), ``past_key_values`` before."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 @torch.no_grad()
 def greedy_decode(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  max_new_tokens: int, stop: tuple[str, ...] = ("\n",), use_cache: bool = True
-                  ) -> tuple[list[str], list[list[int]]]:
+                  max_new_tokens: int, stop: tuple[str, ...] = ("\n",), use_cache: bool = True,
+                  prefix: Prefix | None = None) -> tuple[list[str], list[list[int]]]:
     """Greedy continuations of left-padded prompts: (texts cut at the first stop string, token ids).
 
     Without the cache every step re-reads the whole sequence (the reference the cache must equal).
-    Only the last position goes through the LM head.
+    Only the last position goes through the LM head. With ``prefix`` the rows continue its cache.
     """
     dev = model_device(model)
     ids, mask = input_ids.to(dev), attention_mask.to(dev)
@@ -74,6 +67,11 @@ def greedy_decode(model, tokenizer, input_ids: torch.Tensor, attention_mask: tor
     done = [False] * n
     past, step_ids, step_pos = None, ids, positions(mask)
     cache_arg = cache_argument(model)
+    if prefix is not None:
+        if not use_cache:
+            raise ValueError("decoding after a cached prefix needs use_cache=True")
+        first = prefix.inputs(model, ids, mask)
+        past, mask, step_pos = first[cache_arg], first["attention_mask"], first["position_ids"]
     for _ in range(max_new_tokens):
         kwargs = dict(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, use_cache=use_cache)
         if past is not None:
@@ -103,5 +101,5 @@ def greedy_decode(model, tokenizer, input_ids: torch.Tensor, attention_mask: tor
 
 def generate_answers(model, tokenizer, task: Task, batch: dict, use_cache: bool = True) -> list[str]:
     texts, _ = greedy_decode(model, tokenizer, batch["prompt_ids"], batch["prompt_mask"], task.max_new_tokens,
-                             task.stop, use_cache=use_cache)
+                             task.stop, use_cache=use_cache, prefix=batch.get("prefix"))
     return texts

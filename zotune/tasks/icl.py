@@ -2,9 +2,10 @@
 
 MeZO's ICL baseline (Malladi et al. 2023, Table 1) prepends 32 demonstrations, each the prompt
 followed by its gold answer, separated by a blank line. One set of demonstrations is drawn from
-train with a fixed seed and shared by every evaluated example. When the whole text would not fit
-the model's context, the demonstrations farthest from the question are dropped first (whole
-demonstrations, never half of one); how many fit is reported, since it varies with prompt length.
+train with a fixed seed and shared by every evaluated example, so its keys and values are computed
+once and reused (``evaluate(prefix_ids=...)``). When the whole text would not fit the model's
+context, the demonstrations farthest from the question are dropped first (whole demonstrations,
+never half of one); how many fit is reported, since it varies with prompt length.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import random
 
 from .base import Example, Task
 from .data import SEED
-from .encoding import continuation_ids, prompt_ids
+from .encoding import continuation_ids, prompt_ids, special_prefix
+from .evaluation import combine, evaluate
 
 SEPARATOR = "\n\n"
 
@@ -26,6 +28,11 @@ def draw_demonstrations(task: Task, train: list[Example], k: int, seed: int = SE
     return [task.demonstration(ex) for ex in picked]
 
 
+def prefix_text(demos: list[str], m: int) -> str:
+    """The last ``m`` demonstrations, each followed by the separator."""
+    return "".join(d + SEPARATOR for d in demos[len(demos) - m:])
+
+
 def _answer_room(task: Task, tokenizer, ex: Example) -> int:
     """Tokens the answer needs after the prompt: the longest candidate, or the generation budget."""
     if task.kind == "generation":
@@ -33,29 +40,30 @@ def _answer_room(task: Task, tokenizer, ex: Example) -> int:
     return max(len(continuation_ids(tokenizer, ex.prompt, c)) for c in ex.candidates)
 
 
-def with_demonstrations(task: Task, tokenizer, examples: list[Example], demos: list[str],
-                        max_length: int) -> tuple[list[Example], list[int]]:
-    """Each example with as many of ``demos`` in front as fit ``max_length`` tokens with its answer,
-    and the number of demonstrations each one got."""
-    if not demos:
-        return list(examples), [0] * len(examples)
-    sizes = [len(tokenizer(d + SEPARATOR, add_special_tokens=False)["input_ids"]) for d in demos]
-    out, used = [], []
+def fit(task: Task, tokenizer, examples: list[Example], demos: list[str], max_length: int) -> list[int]:
+    """How many demonstrations fit in front of each example: prefix tokens + prompt tokens (without
+    the prompt's own BOS) + the answer's room <= ``max_length``."""
+    prefix_len = [0] + [len(tokenizer(prefix_text(demos, m), add_special_tokens=True)["input_ids"])
+                        for m in range(1, len(demos) + 1)]
+    n_special = len(special_prefix(tokenizer))
+    used = []
     for ex in examples:
-        budget = max_length - _answer_room(task, tokenizer, ex) - len(prompt_ids(tokenizer, ex.prompt))
-        m = len(demos)
-        while m > 0 and sum(sizes[len(demos) - m:]) > budget:  # estimate from the pieces
-            m -= 1
-        while m > 0:  # exact check: tokens can merge across the pieces' boundaries
-            text = SEPARATOR.join(demos[len(demos) - m:]) + SEPARATOR + ex.prompt
-            if len(prompt_ids(tokenizer, text)) + _answer_room(task, tokenizer, ex) <= max_length:
-                break
-            m -= 1
-        prompt = ex.prompt if m == 0 else SEPARATOR.join(demos[len(demos) - m:]) + SEPARATOR + ex.prompt
-        out.append(Example(prompt=prompt, candidates=ex.candidates, label=ex.label, answers=ex.answers,
-                           group=ex.group))
-        used.append(m)
-    return out, used
+        need = len(prompt_ids(tokenizer, ex.prompt)) - n_special + _answer_room(task, tokenizer, ex)
+        used.append(max([m for m in range(len(demos) + 1) if prefix_len[m] + need <= max_length] or [0]))
+    return used
+
+
+def evaluate_in_context(model, tokenizer, task: Task, examples: list[Example], demos: list[str],
+                        max_length: int, **kwargs) -> tuple[dict, list[int]]:
+    """``evaluate`` with as many of ``demos`` in front of each example as fit, and how many each got.
+    Examples that fit the same number share one cached prefix."""
+    used = fit(task, tokenizer, examples, demos, max_length)
+    parts = []
+    for m in sorted(set(used), reverse=True):
+        group = [ex for ex, u in zip(examples, used) if u == m]
+        ids = tokenizer(prefix_text(demos, m), add_special_tokens=True)["input_ids"] if m else None
+        parts.append(evaluate(model, tokenizer, task, group, max_length=max_length, prefix_ids=ids, **kwargs))
+    return combine(parts), used
 
 
 def shots_summary(requested: int, used: list[int], max_length: int) -> dict:

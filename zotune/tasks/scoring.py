@@ -9,6 +9,10 @@ B x sequence x vocab; the rows are left-padded, so those last positions are the 
 
 from __future__ import annotations
 
+import copy
+import inspect
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -22,11 +26,54 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def last_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int) -> torch.Tensor:
-    """Logits [B, keep, V] of the last ``keep`` positions."""
+def cache_argument(model) -> str:
+    """The name of the KV-cache argument and output: ``cache`` in recent transformers (which
+    deprecates ``past_key_values``), ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+@dataclass
+class Prefix:
+    """Keys and values of a text shared by every row (the ICL demonstrations), computed once.
+
+    Rows then run on top of a copy of it, so a prefix of P tokens costs one forward instead of
+    one per example; the result equals reading prefix + row in one sequence (tested).
+    """
+
+    cache: object
+    length: int
+    bytes_per_row: int
+
+    @classmethod
+    def build(cls, model, ids: list[int]) -> "Prefix":
+        dev = model_device(model)
+        x = torch.tensor([ids], device=dev)
+        with torch.no_grad():
+            out = model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=True, logits_to_keep=1)
+        cache = getattr(out, cache_argument(model))
+        size = sum(t.numel() * t.element_size() for layer in getattr(cache, "layers", [])
+                   for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if torch.is_tensor(t))
+        return cls(cache, len(ids), size)
+
+    def inputs(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
+        """Forward arguments for rows read after the prefix (the cache copied to the batch size)."""
+        n = input_ids.shape[0]
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(n)
+        full = torch.cat([attention_mask.new_ones((n, self.length)), attention_mask], dim=1)
+        return {"input_ids": input_ids, "attention_mask": full, "position_ids": positions(full)[:, self.length:],
+                cache_argument(model): cache}
+
+
+def last_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int,
+                prefix: Prefix | None = None) -> torch.Tensor:
+    """Logits [B, keep, V] of the last ``keep`` positions (rows read after ``prefix`` when given)."""
     dev = model_device(model)
     mask = attention_mask.to(dev)
-    kwargs = dict(input_ids=input_ids.to(dev), attention_mask=mask, position_ids=positions(mask))
+    if prefix is not None:
+        kwargs = prefix.inputs(model, input_ids.to(dev), mask)
+    else:
+        kwargs = dict(input_ids=input_ids.to(dev), attention_mask=mask, position_ids=positions(mask))
     try:
         logits = model(**kwargs, logits_to_keep=keep).logits
     except TypeError:  # older / custom models without logits_to_keep
@@ -35,7 +82,7 @@ def last_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, ke
 
 
 def continuation_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                          cont_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                          cont_lens: torch.Tensor, prefix: Prefix | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-likelihoods [B, L] of each row's last ``cont_lens[i]`` tokens given what precedes
     them, and the mask [B, L] of the positions that belong to a continuation (L = max length).
 
@@ -43,7 +90,7 @@ def continuation_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.
     (which predicts past the end) dropped. Float32, whatever the autocast dtype.
     """
     span = int(cont_lens.max())
-    logits = last_logits(model, input_ids, attention_mask, span + 1)[:, :-1].float()
+    logits = last_logits(model, input_ids, attention_mask, span + 1, prefix)[:, :-1].float()
     targets = input_ids[:, -span:].to(logits.device)
     token_lp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     lens = cont_lens.to(logits.device)
