@@ -7,7 +7,7 @@ import torch
 from zotune.models import load_model
 from zotune.tasks import ClassificationTask, Example, Task, encode, evaluate, loss_fn
 from zotune.tasks.batches import scores
-from zotune.tasks.encoding import continuation_ids, hide_leading, prompt_ids, special_prefix
+from zotune.tasks.encoding import continuation_ids, drop_leading, pad_id, prompt_ids, special_prefix
 from zotune.tasks.generation import greedy_decode
 from zotune.tasks.icl import draw_demonstrations, fit, prefix_text
 from zotune.tasks.scoring import Prefix
@@ -238,9 +238,10 @@ def test_icl_prefix_cache_equals_reading_prefix_and_prompt_at_once(tiny):
     assert got["accuracy"] == correct / len(examples)
     # decoding after the cached prefix = decoding the whole sequence without any cache
     gen = encode(Gen(), tok, [Example(p, answers=("x",)) for p in PROMPTS])
-    mask = hide_leading(gen["prompt_mask"], n_special)
+    ids, mask = drop_leading(gen["prompt_ids"], gen["prompt_mask"], n_special, pad_id(tok))
+    assert ids.shape[1] == gen["prompt_ids"].shape[1] - n_special
     with torch.no_grad():
-        _, cached = greedy_decode(model, tok, gen["prompt_ids"], mask, 6, stop=(), prefix=Prefix.build(model, pre))
+        _, cached = greedy_decode(model, tok, ids, mask, 6, stop=(), prefix=Prefix.build(model, pre))
     for i, p in enumerate(PROMPTS):
         ids = torch.tensor([pre + prompt_ids(tok, p)[n_special:]])
         _, plain = greedy_decode(model, tok, ids, torch.ones_like(ids), 6, stop=(), use_cache=False)

@@ -78,15 +78,14 @@ def join(tokenizer, prompt: str, continuation: str, max_length: int | None) -> t
     return prompt_ids(tokenizer, prompt) + cont, len(cont)
 
 
-def hide_leading(mask: torch.Tensor, n: int) -> torch.Tensor:
-    """A copy of a left-padded mask with each row's first ``n`` real tokens masked out: rows read
-    after a shared prefix drop their own BOS (the prefix has one)."""
-    out = mask.clone()
-    if n:
-        starts = (mask == 0).sum(-1)
-        for i, start in enumerate(starts.tolist()):
-            out[i, start:start + n] = 0
-    return out
+def drop_leading(input_ids: torch.Tensor, attention_mask: torch.Tensor, n: int, pad: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded rows without their first ``n`` real tokens: rows read after a shared prefix
+    drop their own BOS (the prefix has one), leaving no gap between prefix and text."""
+    if not n:
+        return input_ids, attention_mask
+    starts = (attention_mask == 0).sum(-1).tolist()
+    return left_pad([input_ids[i, s + n:].tolist() for i, s in enumerate(starts)], pad)
 
 
 def left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:

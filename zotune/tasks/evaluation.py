@@ -7,7 +7,7 @@ import torch
 from ..models import autocast_context
 from .base import Example, Task
 from .batches import encode, hits, scores
-from .encoding import hide_leading, model_context, special_prefix
+from .encoding import drop_leading, model_context, pad_id, special_prefix
 from .generation import generate_answers
 from .scoring import Prefix, cross_entropy, model_device
 
@@ -38,13 +38,18 @@ def evaluate(model, tokenizer, task: Task, examples: list[Example], batch_size: 
         with torch.no_grad(), autocast_context(device, autocast):
             prefix = Prefix.build(model, prefix_ids) if prefix_ids else None
             if prefix is not None:
-                max_length -= prefix.length
                 batch_size = max(1, min(batch_size, PREFIX_MEMORY // max(prefix.bytes_per_row, 1)))
+                window = getattr(getattr(model, "config", None), "sliding_window", None)
+                if window and window < max_length:
+                    # a row's left padding would sit between prefix and prompt, inside a sliding
+                    # attention window (Gemma 3: 512), and push real prefix tokens out of it
+                    batch_size = 1
+                max_length -= prefix.length
             for start in range(0, len(order), batch_size):
                 chunk = [examples[i] for i in order[start:start + batch_size]]
                 batch = encode(task, tokenizer, chunk, max_length=max_length)
                 if prefix is not None:
-                    after_prefix(batch, prefix, len(special_prefix(tokenizer)))
+                    after_prefix(batch, prefix, len(special_prefix(tokenizer)), pad_id(tokenizer))
                 for key, value in _batch_totals(model, tokenizer, task, chunk, batch).items():
                     totals[key] = totals.get(key, 0.0) + value
     finally:
@@ -54,11 +59,11 @@ def evaluate(model, tokenizer, task: Task, examples: list[Example], batch_size: 
     return {"metric": task.metric, "score": out[task.metric], "n": n, **out}
 
 
-def after_prefix(batch: dict, prefix: Prefix, n_special: int) -> None:
+def after_prefix(batch: dict, prefix: Prefix, n_special: int, pad: int) -> None:
     """Make a batch read after ``prefix``: its rows lose their own special prefix (BOS)."""
-    for key in ("attention_mask", "prompt_mask"):
-        if key in batch:
-            batch[key] = hide_leading(batch[key], n_special)
+    for ids, mask in (("input_ids", "attention_mask"), ("prompt_ids", "prompt_mask")):
+        if ids in batch:
+            batch[ids], batch[mask] = drop_leading(batch[ids], batch[mask], n_special, pad)
     batch["prefix"] = prefix
 
 
