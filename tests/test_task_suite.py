@@ -138,6 +138,21 @@ def test_missing_data_names_file_and_fix(tmp_path, monkeypatch):
         get_task("rte").load("train")
 
 
+def test_malformed_json_files_name_the_problem(tmp_path):
+    (tmp_path / "SQuAD").mkdir()
+    dev = tmp_path / "SQuAD" / "dev-v1.1.json"
+    dev.write_text("[]")
+    with pytest.raises(ValueError, match=r"dev-v1.1.json: expected SQuAD's JSON object"):
+        get_task("squad").load("test", data_dir=str(tmp_path))
+    dev.write_text('{"data": [')
+    with pytest.raises(ValueError, match=r"dev-v1.1.json: not valid JSON \(line 1"):
+        get_task("squad").load("test", data_dir=str(tmp_path))
+    dev.write_text('{"data": [{"title": "T", "paragraphs": [{"context": "c", "qas": [{"id": "1", "question": "q", '
+                   '"answers": []}]}]}]}')
+    with pytest.raises(ValueError, match=r"question '1' has no answers"):
+        get_task("squad").load("test", data_dir=str(tmp_path))
+
+
 def test_protocol_caps_and_disjointness():
     train, val = list(range(5000)), list(range(10_000, 12_000))
     s = mezo_splits(train, val)

@@ -62,12 +62,16 @@ def read_jsonl(path: Path) -> list[tuple[int, dict]]:
     return rows
 
 
-def read_json(path: Path):
+def read_json_object(path: Path, what: str) -> dict:
+    """A JSON file holding one object (``what`` says which, for the error message)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON (line {e.lineno}: {e.msg}); "
                          "replace the file with an unmodified copy of the official release") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected {what}, got a JSON {type(data).__name__}")
+    return data
 
 
 def field(row: dict, key: str, path: Path, lineno: int | None = None):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .base import Example
 from .benchmark import BenchmarkTask
-from .data import field, read_json
+from .data import field, read_json_object
 from .metrics import drop_scores
 
 SPAN_SEPARATOR = " | "
@@ -43,9 +43,7 @@ class DROPTask(BenchmarkTask):
     stop, max_new_tokens = ("\n",), 50
 
     def read(self, path: Path) -> list[Example]:
-        data = read_json(path)
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected DROP's JSON object of passages")
+        data = read_json_object(path, "DROP's JSON object of passages")
         out = []
         for pid, item in data.items():
             passage = field(item, "passage", path)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .base import Example
 from .benchmark import BenchmarkTask
-from .data import field, read_json
+from .data import field, read_json_object
 
 
 class SQuADTask(BenchmarkTask):
@@ -23,9 +23,7 @@ class SQuADTask(BenchmarkTask):
     stop, max_new_tokens = ("\n",), 50
 
     def read(self, path: Path) -> list[Example]:
-        data = read_json(path)
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected SQuAD's JSON object with a 'data' list")
+        data = read_json_object(path, "SQuAD's JSON object with a 'data' list")
         out = []
         for article in field(data, "data", path):
             title = field(article, "title", path)
