@@ -27,16 +27,27 @@ from zotune.optim import MeZO
 from zotune.tasks import encode, get_task, loss_fn
 
 
-def _textbook_mezo_step(model, closure, lr: float, eps: float, seed: int) -> float:
-    """The reference MeZO step, reproduced for comparison (it reseeds the global RNG, as the
-    original does; the caller restores the RNG state afterwards)."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def published_noise(seed: int):
+    """MeZO's own noise (Malladi et al. 2023, ``zo_perturb_parameters``): the global RNG reseeded
+    with the step seed, then one ``torch.normal`` per tensor in parameter order. Returns
+    ``z(name, param)``; call it once per pass, as the original reseeds once per pass."""
+    torch.manual_seed(seed)
+    return lambda name, p: torch.normal(mean=0, std=1, size=p.shape, device=p.device, dtype=p.dtype)
+
+
+def textbook_mezo_step(named_params, closure, lr: float, eps: float, seed: int, noise=published_noise) -> float:
+    """The published MeZO step: four in-place passes +ε, −2ε, +ε, update, each regenerating z.
+
+    Timed by ``zotune bench`` with the published noise (which reseeds the global RNG; the caller
+    restores it). Given the engine's generator as ``noise`` it is MeZO's textbook twin: the
+    tests run it beside ``zotune.optim.MeZO`` and compare the weights every step.
+    """
+    params = [(n, p) for n, p in named_params if p.requires_grad]
 
     def perturb(scale):
-        torch.manual_seed(seed)
-        for p in params:
-            z = torch.normal(mean=0, std=1, size=p.shape, device=p.device, dtype=p.dtype)
-            p.data = p.data + scale * z * eps
+        z = noise(seed)
+        for n, p in params:
+            p.data = p.data + scale * eps * z(n, p)
 
     with torch.no_grad():
         perturb(1)
@@ -45,10 +56,9 @@ def _textbook_mezo_step(model, closure, lr: float, eps: float, seed: int) -> flo
         l2 = closure()
         perturb(1)
         g = ((l1 - l2) / (2 * eps)).item()
-        torch.manual_seed(seed)
-        for p in params:
-            z = torch.normal(mean=0, std=1, size=p.shape, device=p.device, dtype=p.dtype)
-            p.data = p.data - lr * g * z
+        z = noise(seed)
+        for n, p in params:
+            p.data = p.data - lr * g * z(n, p)
     return g
 
 
@@ -100,7 +110,7 @@ def bench_step(model: str = "smollm2", batch_size: int = 16, steps: int = 5, war
     def textbook():
         counter[0] += 1
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-            _textbook_mezo_step(net, closure, lr, eps, seed=counter[0])
+            textbook_mezo_step(net.named_parameters(), closure, lr, eps, seed=counter[0])
 
     phases["textbook mezo"] = textbook
     adamw = torch.optim.AdamW(net.parameters(), lr=lr)
