@@ -49,6 +49,13 @@ def test_unknown_key_lists_valid_keys(tmp_path):
     ({"lr": [1]}, "'lr' must be float"),
     ({"trainable": "("}, "not a valid regular expression"),
     ({"device": "gpu"}, "device must be auto, cpu"),
+    ({"objective": "f2"}, "objective must be one of loss, accuracy, f1"),
+    ({"objective": "accuracy", "optimizer": "adamw"}, "needs a zeroth-order optimizer .*'adamw' is first-order"),
+    ({"objective": "f1"}, "objective 'f1' scores generated answers; task 'sst2' is classification"),
+    ({"icl_shots": -1}, "icl_shots must be >= 0"),
+    ({"max_new_tokens": 0}, "max_new_tokens must be >= 1"),
+    ({"max_length": 4}, "max_length must be >= 8"),
+    ({"task": "rte", "task_spec": {"template": "{x}"}}, "built in and takes no task spec"),
 ])
 def test_invalid_values_name_the_problem(values, fragment):
     with pytest.raises(ValueError, match=fragment):
@@ -70,3 +77,15 @@ def test_bad_file_errors(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ValueError, match="mapping"):
         load_config(tmp_path / "list.yaml")
+
+
+def test_task_fields_from_file_and_flags(tmp_path):
+    f = tmp_path / "run.yaml"
+    f.write_text("task: squad\nobjective: f1\nicl_shots: 32\nmax_new_tokens: 20\n")
+    cfg = load_config(f)
+    assert (cfg.task, cfg.objective, cfg.icl_shots, cfg.max_new_tokens, cfg.max_length) == ("squad", "f1", 32, 20, None)
+    cfg = _config_from_args(_args(["train", "--task", "copa", "--objective", "accuracy", "--icl-shots", "4",
+                                   "--max-length", "512"]))
+    assert (cfg.task, cfg.objective, cfg.icl_shots, cfg.max_length) == ("copa", "accuracy", 4, 512)
+    save_config(cfg, tmp_path / "back.yaml")
+    assert load_config(tmp_path / "back.yaml") == cfg
