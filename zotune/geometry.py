@@ -99,8 +99,12 @@ def lmo_euclidean(d: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------- norms
 def spectral_norm(x: torch.Tensor, iters: int = 12) -> float:
-    """‖x‖_op by power iteration from a fixed start vector (a lower bound, tight in practice):
-    cheap for large matrices where an SVD per step is not. No global RNG is used."""
+    """‖x‖_op by 12 power iterations from a fixed start vector: cheap for large matrices where an
+    SVD per step is not. A lower bound, and not a tight one on unstructured matrices: measured on
+    Gaussian matrices it reads 0.3% low at 64×64 and 2–3% low at 576×576 and 576×1536 (the top
+    singular values of such matrices are close, so power iteration converges slowly). AdaNAGED's
+    distance r̄ inherits that bias; the twin test keeps the exact-norm comparison as a strict xfail.
+    No global RNG is used."""
     m = _as_matrix(x.float())
     v = torch.ones(m.shape[1], dtype=torch.float32, device=m.device)
     v[1::2] = -0.5  # avoid starting orthogonal to the top singular vector of all-positive inputs
