@@ -51,5 +51,5 @@ def get_task(name, spec=None) -> Task:
     return TASKS[key]()
 
 
-__all__ = ["Example", "Task", "ClassificationTask", "KINDS", "OBJECTIVES", "TASKS", "get_task", "encode",
-           "loss_fn", "evaluate", "candidate_logits", "check_objective", "SST2Task"]
+__all__ = ["Example", "Task", "ClassificationTask", "KINDS", "OBJECTIVES", "TASKS", "get_task", "looks_like_data",
+           "encode", "loss_fn", "evaluate", "candidate_logits", "check_objective", "SST2Task"]

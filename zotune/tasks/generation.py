@@ -12,7 +12,7 @@ import torch
 
 from .base import Example, Task
 from .encoding import join, left_pad, pad_id, prompt_ids
-from .scoring import Prefix, cache_argument, continuation_logprobs, model_device, nll_mean, positions
+from .scoring import Prefix, cache_argument, call, continuation_logprobs, model_device, nll_mean, positions
 
 
 def encode_generation(task: Task, tokenizer, examples: list[Example], max_length: int | None) -> dict:
@@ -76,7 +76,7 @@ def greedy_decode(model, tokenizer, input_ids: torch.Tensor, attention_mask: tor
         kwargs = dict(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, use_cache=use_cache)
         if past is not None:
             kwargs[cache_arg] = past
-        out = model(**kwargs, logits_to_keep=1)
+        out = call(model, 1, **kwargs)
         nxt = out.logits[:, -1, :].argmax(-1)
         for i, t in enumerate(nxt.tolist()):
             if done[i]:

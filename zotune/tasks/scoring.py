@@ -32,6 +32,15 @@ def cache_argument(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def call(model, keep: int, **kwargs):
+    """``model(**kwargs)`` with the LM head on the last ``keep`` positions where the model supports
+    ``logits_to_keep`` (older or custom models compute all positions; callers slice)."""
+    try:
+        return model(**kwargs, logits_to_keep=keep)
+    except TypeError:
+        return model(**kwargs)
+
+
 @dataclass
 class Prefix:
     """Keys and values of a text shared by every row (the ICL demonstrations), computed once.
@@ -49,7 +58,7 @@ class Prefix:
         dev = model_device(model)
         x = torch.tensor([ids], device=dev)
         with torch.no_grad():
-            out = model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=True, logits_to_keep=1)
+            out = call(model, 1, input_ids=x, attention_mask=torch.ones_like(x), use_cache=True)
         cache = getattr(out, cache_argument(model))
         size = sum(t.numel() * t.element_size() for layer in getattr(cache, "layers", [])
                    for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if torch.is_tensor(t))
@@ -74,11 +83,7 @@ def last_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, ke
         kwargs = prefix.inputs(model, input_ids.to(dev), mask)
     else:
         kwargs = dict(input_ids=input_ids.to(dev), attention_mask=mask, position_ids=positions(mask))
-    try:
-        logits = model(**kwargs, logits_to_keep=keep).logits
-    except TypeError:  # older / custom models without logits_to_keep
-        logits = model(**kwargs).logits
-    return logits[:, -keep:, :]
+    return call(model, keep, **kwargs).logits[:, -keep:, :]
 
 
 def continuation_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
