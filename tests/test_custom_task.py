@@ -358,3 +358,24 @@ def test_cli_inline_spec_in_config_and_eval_errors(tmp_path, capsys, monkeypatch
     assert main(["eval", "--model", "tiny-llama", "--task", str(data), *spec]) == 2
     assert "d.jsonl, line 10: label 'neutral'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
+
+
+def test_run_with_relative_paths_evaluates_from_another_folder(tmp_path, capsys, monkeypatch):
+    """config.yaml stores the data paths absolute, so `eval --run` works from any working directory."""
+    import shutil
+
+    from zotune.cli import main
+
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("reviews.jsonl", "reviews.yaml"):
+        shutil.copy(DATA / name, work / name)
+    monkeypatch.chdir(work)
+    assert main(["train", *TINY, "--task", "reviews.jsonl", "--task-spec", "reviews.yaml", "--steps", "1",
+                 "--out", "run"]) == 0
+    res = json.loads((work / "run" / "results.json").read_text())
+    assert res["task_name"] == "reviews" and res["task"] == str(work / "reviews.jsonl")
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["eval", "--run", str(work / "run"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == res["test_accuracy"]

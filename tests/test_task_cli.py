@@ -117,3 +117,12 @@ def test_bench_times_a_batch_of_the_chosen_task(tmp_path, capsys):
     assert res["task"] == "copa" and all(r["seconds"] > 0 for r in res["phases"].values())
     assert "task copa" in capsys.readouterr().out
     assert main(["bench", "--model", "tiny-llama", "--task", "cb", "--data-dir", str(tmp_path)]) == 2
+
+
+def test_mistyped_optimizer_option_fails_before_a_run_folder_exists(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "--model", "tiny-llama", "--task", "sst2", "--steps", "1", "--out", str(out),
+                 "--opt", "momentum_typo=0.9", "--no-progress"])
+    assert code == 2
+    assert "does not take ['momentum_typo']" in capsys.readouterr().err
+    assert not out.exists()

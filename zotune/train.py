@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from zotune.config import TrainConfig, load_config, save_config, validate
-from zotune.optim import OPTIMIZERS, NonFiniteLossError, build_optimizer, is_zeroth_order
+from zotune.optim import OPTIMIZERS, NonFiniteLossError, build_optimizer, check_args, is_zeroth_order
 from zotune.tasks import Task, encode, evaluate, get_task, loss_fn, looks_like_data
 from zotune.tasks.encoding import model_context
 from zotune.tasks.icl import draw_demonstrations, evaluate_in_context, shots_summary
@@ -99,14 +99,28 @@ def prepare_out_dir(out: str | Path, overwrite: bool) -> Path:
     return out
 
 
-def _build_optimizer(config: TrainConfig, named_params: list[tuple[str, torch.nn.Parameter]]):
-    """Build the configured optimizer; ZO ones also get eps and seed (first-order ones have no
-    such arguments, and AdamW's own ``eps`` means something else)."""
+def optimizer_hparams(config: TrainConfig) -> dict[str, Any]:
+    """The configured optimizer's arguments; ZO ones also get eps and seed (first-order ones have no
+    such arguments, and AdamW's own ``eps`` means something else). None values: method defaults."""
     hp: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay}
     if OPTIMIZERS[config.optimizer][2]:  # zeroth-order
         hp.update(eps=config.eps, seed=config.seed, noise=config.noise)
     hp.update(config.optimizer_kwargs)
-    return build_optimizer(config.optimizer, named_params, **hp)  # None values: method defaults
+    return hp
+
+
+def absolute_paths(config: TrainConfig) -> TrainConfig:
+    """The config with its data paths made absolute, so that the saved config.yaml (read by
+    ``zotune eval --run``) names the same files from any working directory."""
+    def absolute(value):
+        return str(Path(value).expanduser().resolve()) if isinstance(value, str) else value
+
+    return dataclasses.replace(
+        config,
+        task=absolute(config.task) if looks_like_data(config.task) else config.task,
+        task_spec=absolute(config.task_spec),
+        data_dir=absolute(config.data_dir),
+    )
 
 
 # --------------------------------------------------------------------------- parameters and weights
@@ -270,8 +284,9 @@ def train(config: TrainConfig, overwrite: bool = False, progress: bool = True) -
     t_start = time.perf_counter()
     # All the data first: a bad file must fail in milliseconds, before a model or a run folder exists.
     task, train_ex, dev_ex, test_ex = load_task_data(config)
+    check_args(config.optimizer, optimizer_hparams(config))  # a mistyped --opt fails before the model loads
     out = prepare_out_dir(config.out or default_out(config), overwrite)
-    config = dataclasses.replace(config, out=str(out))  # the saved config names its folder
+    config = dataclasses.replace(absolute_paths(config), out=str(out))  # the saved config names its folder
     _atomic_write(out / "config.yaml", lambda p: save_config(config, p))
 
     device = resolve_device(config.device)
@@ -283,7 +298,7 @@ def train(config: TrainConfig, overwrite: bool = False, progress: bool = True) -
     max_length = config.max_length or model_context(model)
 
     named = select_trainable(model, config.trainable)
-    opt = _build_optimizer(config, named)
+    opt = build_optimizer(config.optimizer, named, **optimizer_hparams(config))
     zeroth_order = is_zeroth_order(opt)
     n_train = sum(p.numel() for _, p in named)
     _log(f"{config.optimizer} ({'zeroth' if zeroth_order else 'first'}-order) on "
@@ -353,6 +368,7 @@ def train(config: TrainConfig, overwrite: bool = False, progress: bool = True) -
         "out": str(out),
         "model": config.model,
         "task": config.task,
+        "task_name": task.name,
         "metric": task.metric,
         "objective": config.objective,
         "optimizer": config.optimizer,
