@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .data import jsonl_objects
 
 DATA_SUFFIXES = (".jsonl", ".csv", ".tsv")
 SPLIT_FILE_STEMS = {"train": ("train",), "dev": ("dev", "validation"), "test": ("test",)}
@@ -55,20 +56,8 @@ def read_rows(path: str | Path) -> list[Row]:
 
 
 def _jsonl(path: Path, text: str) -> list[Row]:
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            values = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}, line {lineno}: not valid JSON ({e.msg} at column {e.colno}); each line must "
-                             f"be one JSON object, e.g. {JSONL_EXAMPLE}") from None
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}, line {lineno}: expected a JSON object {{...}}, got {type(values).__name__}; "
-                             f"each line must be one object, e.g. {JSONL_EXAMPLE}")
-        rows.append(Row(str(path), f"{path}, line {lineno}", values))
-    return rows
+    fix = f"each line must be one JSON object, e.g. {JSONL_EXAMPLE}"
+    return [Row(str(path), f"{path}, line {lineno}", values) for lineno, values in jsonl_objects(path, text, fix)]
 
 
 def _delimited(path: Path, text: str, delimiter: str) -> list[Row]:

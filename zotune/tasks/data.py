@@ -42,23 +42,29 @@ def task_file(task: str, folder: str, names: Sequence[str], data_dir: str | None
         f"(or point --data-dir / ${DATA_ENV} at the folder that holds {folder}/)")
 
 
-def read_jsonl(path: Path) -> list[tuple[int, dict]]:
-    """(line number, object) for every non-blank line of a JSON-lines file."""
+def jsonl_objects(path: Path, text: str, fix: str) -> list[tuple[int, dict]]:
+    """(line number, object) for every non-blank line of JSON-lines ``text`` read from ``path``;
+    a line that is not one JSON object fails with its number and ``fix``."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {lineno}: not valid JSON ({e.msg}); "
-                                 "replace the file with an unmodified copy of the official release") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append((lineno, row))
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}, line {lineno}: not valid JSON ({e.msg} at column {e.colno}); {fix}") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}, line {lineno}: expected a JSON object {{...}}, got {type(row).__name__}; {fix}")
+        rows.append((lineno, row))
+    return rows
+
+
+def read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """(line number, object) for every non-blank line of a benchmark's JSON-lines file."""
+    fix = "replace the file with an unmodified copy of the official release"
+    rows = jsonl_objects(path, path.read_text(encoding="utf-8"), fix)
     if not rows:
-        raise ValueError(f"{path} holds no rows; replace it with the official file")
+        raise ValueError(f"{path} holds no rows; {fix}")
     return rows
 
 
