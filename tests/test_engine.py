@@ -378,15 +378,21 @@ def test_ctrl_c_during_update_finishes_the_step_then_interrupts():
 
     ref, got = big_model(), big_model()
     x = torch.randn(16, 300, generator=torch.Generator().manual_seed(1))
-    for model, sampler in ((ref, Sampler()), (got, Interrupting())):
-        opt = MeZO(model.named_parameters(), lr=1e-2, sampler=sampler)
-        sampler.engine = opt.engine
-        try:
-            opt.step(lambda: model(x).sum())
-        except KeyboardInterrupt:
-            assert sampler.sent
-        else:
-            assert not isinstance(sampler, Interrupting)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # Python's own Ctrl-C handler, whatever this process inherited (a job started with nohup or `&`
+    # in a script starts with SIGINT ignored, and then no KeyboardInterrupt would ever come).
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        for model, sampler in ((ref, Sampler()), (got, Interrupting())):
+            opt = MeZO(model.named_parameters(), lr=1e-2, sampler=sampler)
+            sampler.engine = opt.engine
+            try:
+                opt.step(lambda: model(x).sum())
+            except KeyboardInterrupt:
+                assert sampler.sent
+            else:
+                assert not isinstance(sampler, Interrupting)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the hold gave it back
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     for a, b in zip(ref.parameters(), got.parameters()):  # every parameter was updated
         assert torch.equal(a, b)
