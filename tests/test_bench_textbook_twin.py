@@ -1,8 +1,8 @@
 """The textbook MeZO step that `zotune bench` times is MeZO's textbook twin (issue 7).
 
 Given the engine's generator instead of the published global-RNG noise, `textbook_mezo_step` (four
-in-place passes +ε, −2ε, +ε, update) must follow `zotune.optim.MeZO` step for step. The in-place
-cycle evaluates the losses at points a few ulps off the engine's (θ+εz−2εz is not θ−εz in fp32), and
+passes that write the weights: +ε, −2ε, +ε, update) must follow `zotune.optim.MeZO` step for step.
+The write-back cycle evaluates the losses at points a few ulps off the engine's (θ+εz−2εz is not θ−εz in fp32), and
 the difference of losses is divided by 2ε: g agrees to G_TOL = 3e-4 absolute (about 20 ulps of a
 loss of 0.3, divided by 2ε = 2e-3), and each step θ_after − θ_before = −lr·g·z agrees to the same
 relative error G_TOL/|g| (plus 1e-5 for the update's own rounding), measured against the step's

@@ -36,7 +36,8 @@ def published_noise(seed: int):
 
 
 def textbook_mezo_step(named_params, closure, lr: float, eps: float, seed: int, noise=published_noise) -> float:
-    """The published MeZO step: four in-place passes +ε, −2ε, +ε, update, each regenerating z.
+    """The published MeZO step: four passes that write the weights (+ε, −2ε, +ε, then the update;
+    out of place, as published), each regenerating z.
 
     Timed by ``zotune bench`` with the published noise (which reseeds the global RNG; the caller
     restores it). Given the engine's generator as ``noise`` it is MeZO's textbook twin: the
