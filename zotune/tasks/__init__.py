@@ -14,6 +14,7 @@ from .batches import OBJECTIVES, check_objective, encode, loss_fn
 from .classification import candidate_logits
 from .evaluation import evaluate
 from .copa import COPATask
+from .custom import CustomTask
 from .drop import DROPTask
 from .record import ReCoRDTask
 from .squad import SQuADTask
@@ -37,10 +38,6 @@ def get_task(name, spec=None) -> Task:
     """A registered task by name (case-insensitive, '-' and '_' ignored: 'SST-2' works), or the
     user's own data (a path or a ``datasets.Dataset``) described by ``spec``."""
     if looks_like_data(name):
-        try:
-            from .custom import CustomTask
-        except ImportError as e:  # custom.py is optional while it is being written
-            raise ValueError(f"task {name!r} looks like a data file, but own-data tasks are unavailable ({e})") from None
         return CustomTask(name, spec)
     key = str(name).lower().replace("-", "").replace("_", "")
     if key not in TASKS:
