@@ -76,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p)
 
     p = sub.add_parser("demo", help="the README demo: SmolLM2 on SST-2 with MeZO into runs/demo",
-                       description="Train the default config into runs/demo (overwriting it) and print a summary. "
-                                   "Any train flag may be given to change the demo.")
+                       description="Train the default config into runs/demo (replacing the previous demo there) and "
+                                   "print a summary. Any train flag may be given to change the demo; an --out "
+                                   "folder that is not empty is refused unless --overwrite is given.")
     _add_config_flags(p)
 
     p = sub.add_parser("eval", help="a task's metric for a model zero-shot / in context, or for a saved run",
@@ -157,11 +158,13 @@ def _cmd_train(args, demo: bool = False) -> int:
     from zotune.train import train
 
     cfg = _config_from_args(args)
+    # The demo may replace only its own default folder; an --out the user named is protected as in train.
+    overwrite = args.overwrite or (demo and cfg.out is None)
     if demo and cfg.out is None:
         cfg = dataclasses.replace(cfg, out=os.path.join("runs", "demo"))
     if demo and cfg.lr is None and cfg.optimizer == "mezo":
         cfg = dataclasses.replace(cfg, lr=DEMO_LR)
-    results = train(cfg, overwrite=args.overwrite or demo, progress=not args.no_progress)
+    results = train(cfg, overwrite=overwrite, progress=not args.no_progress)
     print(_summary_table(results, results["out"]))
     if results.get("stopped"):
         print(f"zotune: error: {results['stopped']}; the weights before that step are in {results['out']}. "

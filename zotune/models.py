@@ -32,7 +32,14 @@ def resolve_device(device: str = "auto") -> torch.device:
     """'auto' picks CUDA when present, else CPU; anything else is passed to torch.device."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but this torch install sees no CUDA GPU; "
+                         "use --device cpu (or auto)")
+    return dev
 
 
 def autocast_context(device: torch.device, autocast: str | None):
@@ -137,9 +144,22 @@ NAMED_MODELS = {"smollm2": _smollm2_path, "gemma3": _gemma3_path}
 def _load_hf_folder(path: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except Exception as e:  # transformers raises many types (OSError, ValueError, KeyError, safetensors')
+        raise ValueError(f"{path} has a config.json but is not a loadable Hugging Face model "
+                         f"({type(e).__name__}: {_first_line(e)}); check that its weights and tokenizer "
+                         "files are complete") from e
     return model, tok
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else "no details"
+
+
+GGUF_MAGIC = b"GGUF"
 
 
 def _load_gguf(path: Path, cache_dir: str | None):
@@ -149,10 +169,18 @@ def _load_gguf(path: Path, cache_dir: str | None):
     exact in bf16). It is written to a temp folder and renamed into place, so an
     interrupted conversion never leaves a half cache that later loads would trust.
     """
+    with open(path, "rb") as f:
+        if f.read(len(GGUF_MAGIC)) != GGUF_MAGIC:
+            raise ValueError(f"{path} is named .gguf but is not a GGUF file (it does not start with "
+                             f"{GGUF_MAGIC!r}); re-download it or pass the right file")
     target = _cache_root(cache_dir) / f"{path.stem}-{path.stat().st_size}"
     if not (target / "config.json").is_file():
         _convert_gguf(path, target)
-    return _load_hf_folder(target)
+    try:
+        return _load_hf_folder(target)
+    except ValueError as e:  # e.g. a cache file cut short by a full disk or a copy
+        raise ValueError(f"the conversion cache of {path.name} in {target} is corrupt ({e.__cause__}); "
+                         f"delete that folder (rm -r {target}) and rerun to rebuild it") from e
 
 
 def _convert_gguf(path: Path, target: Path) -> None:
@@ -163,12 +191,16 @@ def _convert_gguf(path: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        # dequantize=True clears the "quantized" flag, which otherwise blocks save_pretrained,
-        # .float()/.half() and full fine-tuning.
-        model = AutoModelForCausalLM.from_pretrained(
-            path.parent, gguf_file=path.name, dtype=torch.float32,
-            quantization_config=GgufConfig(gguf_file=path.name, dequantize=True))
+        try:
+            tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            # dequantize=True clears the "quantized" flag, which otherwise blocks save_pretrained,
+            # .float()/.half() and full fine-tuning.
+            model = AutoModelForCausalLM.from_pretrained(
+                path.parent, gguf_file=path.name, dtype=torch.float32,
+                quantization_config=GgufConfig(gguf_file=path.name, dequantize=True))
+        except Exception as e:  # a truncated or foreign GGUF fails deep inside the gguf reader
+            raise ValueError(f"{path} could not be read as a GGUF model ({type(e).__name__}: {_first_line(e)}); "
+                             "it may be truncated or of an unsupported architecture") from e
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         tmp.chmod(0o755)  # mkdtemp makes it private; the finished cache is an ordinary folder
