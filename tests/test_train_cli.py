@@ -119,7 +119,9 @@ def test_nonfinite_loss_stops_and_keeps_last_good_weights(tmp_path, monkeypatch,
     def loss_fn(model, batch):
         calls[0] += 1
         loss = real_loss(model, batch)
-        return loss * float("nan") if calls[0] > calls_per_step * (fail_step - 1) else loss
+        # one bad batch: the failing step's calls only (the weights check after the stop is finite)
+        bad = calls_per_step * (fail_step - 1) < calls[0] <= calls_per_step * fail_step
+        return loss * float("nan") if bad else loss
 
     monkeypatch.setattr(train_mod, "loss_fn", loss_fn)
     out = tmp_path / "nan"

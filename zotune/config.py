@@ -10,6 +10,7 @@ message that says what to change, instead of after minutes of loading.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import tomllib
 import types
@@ -263,6 +264,10 @@ def validate(config: TrainConfig) -> None:
         problems.append(f"steps must be >= 1 (got {c.steps}); set --steps to the number of optimizer steps")
     if c.batch_size < 1:
         problems.append(f"batch_size must be >= 1 (got {c.batch_size}); use e.g. --batch-size 16")
+    for flag, v in (("lr", c.lr), ("eps", c.eps), ("weight-decay", c.weight_decay)):
+        if v is not None and not math.isfinite(v):
+            problems.append(f"--{flag} must be a finite number (got {v}); NaN or infinity would turn every weight "
+                            f"into NaN: give a finite value, or leave --{flag} unset for the optimizer's default")
     if c.lr is not None and c.lr < 0:
         problems.append(f"lr must be >= 0 (got {c.lr}); a learning rate is a positive step size, e.g. --lr 1e-6")
     if c.eps is not None and c.eps <= 0:

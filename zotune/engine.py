@@ -53,6 +53,10 @@ def check_finite(*losses: float, step: int) -> None:
         )
 
 
+class NonFiniteUpdateError(FloatingPointError):
+    """An update's coefficient, decay or delta was NaN or infinite; the write was refused."""
+
+
 def as_direction(direction: Direction) -> tuple[tuple[int, float], ...]:
     """Normalise a direction to ((seed, weight), ...)."""
     if isinstance(direction, int):
@@ -305,14 +309,31 @@ class Engine:
 
     # ----------------------------------------------------------------- the write pass
     def write(self, e: Perturbed, delta: torch.Tensor, decay: float = 1.0) -> None:
-        """θ ← decay·θ + delta for one parameter, with a materialised fp32 ``delta``."""
+        """θ ← decay·θ + delta for one parameter, with a materialised fp32 ``delta``.
+        A non-finite ``delta`` (a momentum or Adam term gone inf/NaN) is refused before writing."""
+        self.refuse_non_finite(e, decay, finite=bool(torch.isfinite(delta).all()))
         flat = delta.reshape(-1)
         self._update(e, lambda a, b: flat[a:b], decay)
 
     def write_along(self, e: Perturbed, direction: Direction, coef: float, decay: float = 1.0) -> None:
-        """θ ← decay·θ + coef·d for one parameter; d is regenerated chunk by chunk, never stored."""
+        """θ ← decay·θ + coef·d for one parameter; d is regenerated chunk by chunk, never stored.
+        A non-finite ``coef`` (e.g. lr·g overflowing) or direction weight is refused before writing."""
+        weights = [w for _, w in as_direction(direction)]
+        self.refuse_non_finite(e, decay, finite=all(math.isfinite(x) for x in (coef, *weights)))
         chunks = self.chunks(e, direction)
         self._update(e, lambda a, b: chunks(a, b).mul_(coef), decay)
+
+    def refuse_non_finite(self, e: Perturbed, decay: float, finite: bool) -> None:
+        """Raise NonFiniteUpdateError, before ``e`` is written, if its update is not finite. Only
+        reads values: the arithmetic of the write is unchanged."""
+        if finite and math.isfinite(decay):
+            return
+        step = self.clock().index
+        written = ("earlier parameters of this step were already written" if self.hold.holding
+                   else "no weight was changed")
+        raise NonFiniteUpdateError(
+            f"non-finite update of {e.name or 'a parameter'} at step {step}: {written}. "
+            "Lower the learning rate (or eps), or check the data and the model's dtype.")
 
     def _update(self, e: Perturbed, delta, decay: float) -> None:
         self.hold.hold()  # from the first write to the end of the step

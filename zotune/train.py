@@ -4,8 +4,7 @@
 optimizer steps on seeded mini-batches, evaluates on dev along the way, measures fine-tuned test
 accuracy, and leaves a self-describing run folder:
 
-- ``config.yaml``       the exact config (written once the model and optimizer are built, so a crashed
-                        run still says what it was, and a run failing on bad input leaves no folder)
+- ``config.yaml``       the exact config (written first, so a crashed run still says what it was)
 - ``metrics.jsonl``     one JSON object per logged step: step, loss, lr, elapsed [, dev_accuracy]
 - ``tb/``               TensorBoard events, when tensorboard is installed
 - ``model.safetensors`` the trainable parameters after the last good step
@@ -35,7 +34,8 @@ from typing import Any
 import torch
 
 from zotune.config import TrainConfig, load_config, save_config, validate
-from zotune.optim import OPTIMIZERS, NonFiniteLossError, build_optimizer, check_args, is_zeroth_order
+from zotune.optim import (OPTIMIZERS, NonFiniteLossError, NonFiniteUpdateError, build_optimizer, check_args,
+                           is_zeroth_order)
 from zotune.tasks import Task, encode, evaluate, get_task, loss_fn, looks_like_data
 from zotune.tasks.encoding import model_context
 from zotune.tasks.icl import draw_demonstrations, evaluate_in_context, shots_summary
@@ -81,49 +81,22 @@ def default_out(config: TrainConfig) -> str:
     return os.path.join("runs", f"{task}-{config.optimizer}-s{config.seed}")
 
 
-def _is_stale_temp(name: str) -> bool:
-    """A temporary file that ``_atomic_write`` left behind when its process was killed mid-write."""
-    return name.endswith(".tmp") and any(name.startswith(f".{f}.") for f in RUN_FILES)
+def prepare_out_dir(out: str | Path, overwrite: bool) -> Path:
+    """Create the run folder, refusing to mix a new run into an old one's files.
 
-
-def check_out_dir(out: str | Path, overwrite: bool) -> Path:
-    """Refuse an output path a run cannot use, touching nothing (called before the model loads).
-
-    Temp files of a killed write do not count as content: they are swept by ``open_run_dir``.
+    With ``overwrite`` only zotune's own files are removed, never anything else a user put there.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output path {out} exists and is not a folder; choose another --out")
-    if out.is_dir() and not overwrite and any(not _is_stale_temp(p.name) for p in out.iterdir()):
-        raise ValueError(f"run folder {out} already exists and is not empty; "
-                         "pass --overwrite to replace it, or choose another --out")
-    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        raise ValueError(f"cannot create run folder {out}: {existing} is a file; choose another --out")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot write to {existing}; choose a writable --out")
-    return out
-
-
-def open_run_dir(out: Path, overwrite: bool) -> Path:
-    """Create (or, with ``overwrite``, empty) the run folder; call it only once the model and the
-    optimizer are built, so that a run failing on bad input never touches an old run.
-
-    Only zotune's own files are removed, never anything else a user put there; temp files of a
-    killed write are always removed.
-    """
-    check_out_dir(out, overwrite)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"cannot create run folder {out} ({e.strerror}); choose a writable --out") from None
-    for p in out.iterdir():
-        if _is_stale_temp(p.name) and p.is_file():
-            p.unlink(missing_ok=True)
-    if overwrite:
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ValueError(f"run folder {out} already exists and is not empty; "
+                             "pass --overwrite to replace it, or choose another --out")
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / TB_DIR, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
     return out
 
 
@@ -221,9 +194,7 @@ class BatchSampler:
     """
 
     def __init__(self, n: int, batch_size: int, seed: int):
-        if batch_size > n:
-            raise ValueError(f"batch_size {batch_size} is larger than the {n} training examples")
-        self.n, self.batch_size = n, batch_size
+        self.n, self.batch_size = n, min(batch_size, n)
         self.rng = random.Random(seed)
         self.order: list[int] = []
 
@@ -240,8 +211,8 @@ def make_closure(model, batch, device, autocast, zeroth_order: bool, opt, counte
     """The closure for ``opt.step``.
 
     ZO: forward only (the optimizer calls it under no_grad, perturbing the weights itself).
-    FO: the standard zero_grad/forward/backward closure; a non-finite loss raises *before*
-    backward, i.e. before torch's optimizers touch the weights, matching the ZO guarantee.
+    FO: the standard zero_grad/forward/backward closure; a non-finite loss (before backward) or
+    gradient (after it) raises before torch's optimizers touch the weights, matching the ZO guarantee.
     """
     def zo_closure():
         counter[0] += 1
@@ -256,6 +227,9 @@ def make_closure(model, batch, device, autocast, zeroth_order: bool, opt, counte
         if not torch.isfinite(loss.detach()).all():
             raise NonFiniteLossError(f"non-finite loss {loss.item()}")
         loss.backward()
+        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        if grads and not all(bool(torch.isfinite(g).all()) for g in grads):
+            raise NonFiniteLossError(f"non-finite gradient (loss {loss.item()}): no weight was changed")
         return loss
 
     return zo_closure if zeroth_order else fo_closure
@@ -281,7 +255,7 @@ class MetricsLog:
             self.tb = None
 
     def write(self, record: dict) -> None:
-        self.file.write(json.dumps(record) + "\n")
+        self.file.write(strict_json(record) + "\n")
         self.file.flush()
         if self.tb is not None:
             for k, v in record.items():
@@ -292,6 +266,18 @@ class MetricsLog:
         self.file.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def strict_json(record: dict) -> str:
+    """One JSON line that strict readers accept: NaN and ±inf (which ``json.dumps`` would write as
+    bare ``NaN``/``Infinity`` tokens) become null."""
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+    return json.dumps(clean, allow_nan=False)
+
+
+def non_finite_tensors(named_params) -> list[str]:
+    """Names of the tensors among ``named_params`` ((name, tensor) pairs) holding NaN or inf."""
+    return [name for name, p in named_params if not bool(torch.isfinite(p.detach()).all())]
 
 
 def _log(msg: str) -> None:
@@ -315,11 +301,10 @@ def train(config: TrainConfig, overwrite: bool = False, progress: bool = True) -
     # All the data first: a bad file must fail in milliseconds, before a model or a run folder exists.
     task, train_ex, dev_ex, test_ex = load_task_data(config)
     check_args(config.optimizer, optimizer_hparams(config))  # a mistyped --opt fails before the model loads
-    if config.batch_size > len(train_ex):
-        raise ValueError(f"batch_size {config.batch_size} is larger than the {len(train_ex)} training examples; "
-                         f"use --batch-size {len(train_ex)} or fewer, or more training data")
-    out = check_out_dir(config.out or default_out(config), overwrite)
+    out = prepare_out_dir(config.out or default_out(config), overwrite)
     config = dataclasses.replace(absolute_paths(config), out=str(out))  # the saved config names its folder
+    _atomic_write(out / "config.yaml", lambda p: save_config(config, p))
+
     device = resolve_device(config.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -331,9 +316,6 @@ def train(config: TrainConfig, overwrite: bool = False, progress: bool = True) -
     named = select_trainable(model, config.trainable)
     opt = build_optimizer(config.optimizer, named, **optimizer_hparams(config))
     zeroth_order = is_zeroth_order(opt)
-    # Everything the run needs now exists: only from here on may the run folder change.
-    open_run_dir(out, overwrite)
-    _atomic_write(out / "config.yaml", lambda p: save_config(config, p))
     n_train = sum(p.numel() for _, p in named)
     _log(f"{config.optimizer} ({'zeroth' if zeroth_order else 'first'}-order) on "
          f"{n_train:,} trainable parameters in {len(named)} tensors -> {out}")
@@ -350,7 +332,7 @@ def train(config: TrainConfig, overwrite: bool = False, progress: bool = True) -
     sampler = BatchSampler(len(train_ex), config.batch_size, config.seed)
     counter = [0]
     best_dev, best_step, last_dev = None, None, None
-    stopped, steps_done, loss_val = None, 0, float("nan")
+    stopped, steps_done, loss_val, good_batch = None, 0, float("nan"), None
     t_loop = time.perf_counter()
     bar = tqdm(total=config.steps, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     try:
@@ -363,10 +345,11 @@ def train(config: TrainConfig, overwrite: bool = False, progress: bool = True) -
                 loss_val = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
                 if not math.isfinite(loss_val):  # an optimizer that did not check: stop anyway
                     raise NonFiniteLossError(f"non-finite loss {loss_val}")
-            except FloatingPointError:
-                stopped = f"non-finite loss at step {step}"
+            except FloatingPointError as err:
+                stopped = f"non-finite {'update' if isinstance(err, NonFiniteUpdateError) else 'loss'} at step {step}"
+                _log(str(err))
                 break
-            steps_done = step
+            steps_done, good_batch = step, batch
             bar.update(1)
             bar.set_postfix(loss=f"{loss_val:.4f}", refresh=False)
             record = None
@@ -387,6 +370,14 @@ def train(config: TrainConfig, overwrite: bool = False, progress: bool = True) -
         log.close()
     train_time = time.perf_counter() - t_loop
 
+    weights_step = steps_done
+    if stopped is not None and steps_done > 0:
+        broken = weights_broken(model, named, good_batch, device, config.autocast)
+        if broken:
+            _log(f"the weights after step {steps_done} {broken}; restoring the base model's weights")
+            restore_base_weights(config, named)
+            stopped += f" (the weights after step {steps_done} {broken}, so the base model's weights were kept)"
+            weights_step = 0
     if config.save_weights:
         save_weights(named, out / "model.safetensors")
     final = None
@@ -394,7 +385,7 @@ def train(config: TrainConfig, overwrite: bool = False, progress: bool = True) -
         _log(f"fine-tuned evaluation on {len(test_ex)} test examples")
         final = eval_on(test_ex)
     else:
-        _log(f"stopped: {stopped}; weights from step {steps_done} kept" +
+        _log(f"stopped: {stopped}; weights from step {weights_step} kept" +
              (f" in {out / 'model.safetensors'}" if config.save_weights else ""))
 
     peak, peak_kind = _peak_memory_mb(device)
@@ -419,6 +410,7 @@ def train(config: TrainConfig, overwrite: bool = False, progress: bool = True) -
         "final_dev_accuracy": last_dev,
         "final_loss": loss_val if stopped is None else None,
         "steps": steps_done,
+        "weights_step": weights_step,
         "train_forward_passes": counter[0],
         "trainable_parameters": n_train,
         "train_time_s": round(train_time, 3),
@@ -430,6 +422,36 @@ def train(config: TrainConfig, overwrite: bool = False, progress: bool = True) -
     }
     _write_json(out / "results.json", results)
     return results
+
+
+def weights_broken(model, named, batch, device, autocast) -> str | None:
+    """Why the current weights must not be saved (NaN/inf in a tensor, or a non-finite loss at θ
+    itself on ``batch``, the last step's batch, whose losses were finite), or None. A ZO step's
+    losses are taken at θ ± εz, and the failing step's batch may itself be the culprit: this one
+    forward tells broken weights from a bad batch before the weights are kept."""
+    bad = non_finite_tensors(named)
+    if bad:
+        return f"hold NaN or inf in {', '.join(bad[:3])}"
+    with torch.no_grad(), autocast_context(device, autocast):
+        loss = float(loss_fn(model, batch).detach())
+    return None if math.isfinite(loss) else f"give a non-finite loss ({loss})"
+
+
+def restore_base_weights(config: TrainConfig, named) -> None:
+    """Copy the base model's values into the trainable tensors (the last weights known to give a
+    finite loss when no finite copy of a later step exists; keeping one would double the memory)."""
+    from zotune.models import load_model
+
+    base, _ = load_model(config.model, dtype=config.dtype, device="cpu")
+    values = dict(base.named_parameters(remove_duplicate=False))
+    with torch.no_grad():
+        for name, p in named:
+            p.copy_(values[name].to(device=p.device, dtype=p.dtype))
+    del base
+
+
+class NonFiniteWeightsError(FloatingPointError):
+    """Saved weights hold NaN or inf: any score of them would be meaningless."""
 
 
 def evaluate_run(run: str | Path | None = None, model: str | None = None, task: str | None = None,
@@ -455,8 +477,6 @@ def evaluate_run(run: str | Path | None = None, model: str | None = None, task: 
     model_name = model or cfg.model
     task_name = task or cfg.task
     data_dir = data_dir if data_dir is not None else cfg.data_dir
-    if examples is not None and examples < 1:
-        raise ValueError(f"--examples must be >= 1 (got {examples}); omit it to use the run's own count")
     if examples is None:
         examples = cfg.test_examples if split == "test" else cfg.eval_examples if split == "dev" else None
     autocast = cfg.autocast if autocast == "config" else autocast
@@ -477,7 +497,13 @@ def evaluate_run(run: str | Path | None = None, model: str | None = None, task: 
     net, tokenizer = load_model(model_name, dtype=dtype or cfg.dtype, device=str(dev))
     net.eval()
     if run is not None:
-        load_weights(net, run / "model.safetensors")
+        loaded = load_weights(net, run / "model.safetensors")
+        params = dict(net.named_parameters(remove_duplicate=False))
+        bad = non_finite_tensors((n, params[n]) for n in loaded)
+        if bad:
+            raise NonFiniteWeightsError(
+                f"{run / 'model.safetensors'} holds NaN or inf in {len(bad)} tensor(s) ({', '.join(bad[:3])}); "
+                "its scores would be meaningless. Retrain with a smaller --lr (or --eps), or evaluate another run.")
     max_length = max_length or cfg.max_length or model_context(net)
     res, icl = baseline(net, tokenizer, t, train_ex, exs, icl_shots, max_length, batch_size=batch_size,
                         autocast=autocast, device=dev)

@@ -15,8 +15,8 @@ import inspect
 import pkgutil
 from collections.abc import Mapping
 
-from zotune.engine import NonFiniteLossError
-from zotune.optim.base import ZOOptimizer
+from zotune.engine import NonFiniteLossError, NonFiniteUpdateError
+from zotune.optim.base import ZOOptimizer, check_finite_options
 from zotune.optim.registry import METHODS
 
 _NOT_METHODS = {"base", "registry"}
@@ -94,6 +94,7 @@ def check_args(name: str, hparams: dict) -> dict:
     unknown = sorted(set(hparams) - accepted)
     if unknown:
         raise ValueError(f"optimizer {name!r} does not take {unknown}; it accepts {sorted(accepted)}")
+    check_finite_options(name, hparams)
     return hparams
 
 
@@ -110,5 +111,5 @@ def _accepted_args(cls) -> set[str]:
     return args
 
 
-__all__ = ["NonFiniteLossError", "OPTIMIZERS", "ZOOptimizer", "available", "build_optimizer", "check_args",
-           "is_zeroth_order", "optimizer_class"]
+__all__ = ["NonFiniteLossError", "NonFiniteUpdateError", "OPTIMIZERS", "ZOOptimizer", "available", "build_optimizer",
+           "check_args", "is_zeroth_order", "optimizer_class"]

@@ -51,7 +51,7 @@ import math
 import torch
 
 from zotune.geometry import GEOMETRIES, lmo_for, lmo_step, norm
-from zotune.optim.base import ZOOptimizer, check_closure
+from zotune.optim.base import ZOOptimizer, check_closure, check_finite_options
 from zotune.optim.registry import register
 
 MOMENTUM_STATES = ("buffer", "seeds")
@@ -100,6 +100,7 @@ class AdaNAGED(ZOOptimizer):
     def __init__(self, params, beta: float = 0.9, nesterov: bool = True, geometry="auto",
                  momentum_state: str = "buffer", history: int = 16, distance: str = "exact",
                  r_eps: float = 1e-3, step_scale: float = 1.0, **engine):
+        check_finite_options("AdaNAGED", {"r_eps": r_eps, "step_scale": step_scale})
         if not 0.0 <= beta < 1.0:
             raise ValueError(f"beta must be in [0, 1), got {beta}")
         if momentum_state not in MOMENTUM_STATES:

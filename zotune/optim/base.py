@@ -88,6 +88,7 @@ class ZOOptimizer(Optimizer):
             query_schedule = (float(query_schedule[0]), float(query_schedule[1]), int(query_schedule[2]))
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        check_finite_options(type(self).__name__, defaults)
         super().__init__(params, defaults)
         self.seed = int(seed)
         self.master_weights = master_weights
@@ -225,8 +226,22 @@ class ZOOptimizer(Optimizer):
         """Restore what ``extra_state`` returned."""
 
 
+def check_finite_options(owner: str, options: dict) -> None:
+    """Refuse NaN or infinite numbers among ``options`` (numbers, or tuples of numbers such as
+    betas): a NaN compares False with every bound, so range checks alone let it through, and one
+    NaN hyperparameter turns every weight into NaN at the first update."""
+    for name, value in options.items():
+        values = value if isinstance(value, (tuple, list)) else (value,)
+        for v in values:
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isfinite(v):
+                raise ValueError(f"{owner}: {name} must be a finite number, got {value!r}; "
+                                 f"set {name} to a finite value (or leave it unset for the default)")
+
+
 def check_hparams(lr: float | None = None, eps: float | None = None, weight_decay: float | None = None) -> None:
     """The hyperparameter checks the methods share (None: the method does not take it)."""
+    check_finite_options("optimizer", {k: v for k, v in (("lr", lr), ("eps", eps), ("weight_decay", weight_decay))
+                                       if v is not None})
     if lr is not None and lr < 0:
         raise ValueError(f"lr must be >= 0, got {lr}")
     if eps is not None and eps <= 0:

@@ -34,7 +34,7 @@ import re
 import torch
 
 from zotune.engine import NonFiniteLossError
-from zotune.optim.base import ZOOptimizer, check_closure, check_hparams
+from zotune.optim.base import ZOOptimizer, check_closure, check_finite_options, check_hparams
 from zotune.optim.mezo import sgd_update
 from zotune.optim.registry import register
 from zotune.perturb import Perturbed
@@ -55,6 +55,7 @@ class HybridZO(ZOOptimizer):
     def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, weight_decay: float = 0.0,
                  fo_params: str = DEFAULT_FO, fo_lr: float | None = None, **engine):
         check_hparams(lr, eps, weight_decay)
+        check_finite_options("HybridZO", {"fo_lr": fo_lr} if fo_lr is not None else {})
         if fo_lr is not None and fo_lr < 0:
             raise ValueError(f"fo_lr must be >= 0, got {fo_lr}")
         try:
