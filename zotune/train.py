@@ -4,7 +4,8 @@
 optimizer steps on seeded mini-batches, evaluates on dev along the way, measures fine-tuned test
 accuracy, and leaves a self-describing run folder:
 
-- ``config.yaml``       the exact config (written first, so a crashed run still says what it was)
+- ``config.yaml``       the exact config (written once the model and optimizer are built, so a crashed
+                        run still says what it was, and a run failing on bad input leaves no folder)
 - ``metrics.jsonl``     one JSON object per logged step: step, loss, lr, elapsed [, dev_accuracy]
 - ``tb/``               TensorBoard events, when tensorboard is installed
 - ``model.safetensors`` the trainable parameters after the last good step
@@ -81,22 +82,49 @@ def default_out(config: TrainConfig) -> str:
     return os.path.join("runs", f"{task}-{config.optimizer}-s{config.seed}")
 
 
-def prepare_out_dir(out: str | Path, overwrite: bool) -> Path:
-    """Create the run folder, refusing to mix a new run into an old one's files.
+def _is_stale_temp(name: str) -> bool:
+    """A temporary file that ``_atomic_write`` left behind when its process was killed mid-write."""
+    return name.endswith(".tmp") and any(name.startswith(f".{f}.") for f in RUN_FILES)
 
-    With ``overwrite`` only zotune's own files are removed, never anything else a user put there.
+
+def check_out_dir(out: str | Path, overwrite: bool) -> Path:
+    """Refuse an output path a run cannot use, touching nothing (called before the model loads).
+
+    Temp files of a killed write do not count as content: they are swept by ``open_run_dir``.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output path {out} exists and is not a folder; choose another --out")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise ValueError(f"run folder {out} already exists and is not empty; "
-                             "pass --overwrite to replace it, or choose another --out")
+    if out.is_dir() and not overwrite and any(not _is_stale_temp(p.name) for p in out.iterdir()):
+        raise ValueError(f"run folder {out} already exists and is not empty; "
+                         "pass --overwrite to replace it, or choose another --out")
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"cannot create run folder {out}: {existing} is a file; choose another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write to {existing}; choose a writable --out")
+    return out
+
+
+def open_run_dir(out: Path, overwrite: bool) -> Path:
+    """Create (or, with ``overwrite``, empty) the run folder; call it only once the model and the
+    optimizer are built, so that a run failing on bad input never touches an old run.
+
+    Only zotune's own files are removed, never anything else a user put there; temp files of a
+    killed write are always removed.
+    """
+    check_out_dir(out, overwrite)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create run folder {out} ({e.strerror}); choose a writable --out") from None
+    for p in out.iterdir():
+        if _is_stale_temp(p.name) and p.is_file():
+            p.unlink(missing_ok=True)
+    if overwrite:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / TB_DIR, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
     return out
 
 
@@ -194,7 +222,9 @@ class BatchSampler:
     """
 
     def __init__(self, n: int, batch_size: int, seed: int):
-        self.n, self.batch_size = n, min(batch_size, n)
+        if batch_size > n:
+            raise ValueError(f"batch_size {batch_size} is larger than the {n} training examples")
+        self.n, self.batch_size = n, batch_size
         self.rng = random.Random(seed)
         self.order: list[int] = []
 
@@ -301,10 +331,11 @@ def train(config: TrainConfig, overwrite: bool = False, progress: bool = True) -
     # All the data first: a bad file must fail in milliseconds, before a model or a run folder exists.
     task, train_ex, dev_ex, test_ex = load_task_data(config)
     check_args(config.optimizer, optimizer_hparams(config))  # a mistyped --opt fails before the model loads
-    out = prepare_out_dir(config.out or default_out(config), overwrite)
+    if config.batch_size > len(train_ex):
+        raise ValueError(f"batch_size {config.batch_size} is larger than the {len(train_ex)} training examples; "
+                         f"use --batch-size {len(train_ex)} or fewer, or more training data")
+    out = check_out_dir(config.out or default_out(config), overwrite)
     config = dataclasses.replace(absolute_paths(config), out=str(out))  # the saved config names its folder
-    _atomic_write(out / "config.yaml", lambda p: save_config(config, p))
-
     device = resolve_device(config.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -316,6 +347,9 @@ def train(config: TrainConfig, overwrite: bool = False, progress: bool = True) -
     named = select_trainable(model, config.trainable)
     opt = build_optimizer(config.optimizer, named, **optimizer_hparams(config))
     zeroth_order = is_zeroth_order(opt)
+    # Everything the run needs now exists: only from here on may the run folder change.
+    open_run_dir(out, overwrite)
+    _atomic_write(out / "config.yaml", lambda p: save_config(config, p))
     n_train = sum(p.numel() for _, p in named)
     _log(f"{config.optimizer} ({'zeroth' if zeroth_order else 'first'}-order) on "
          f"{n_train:,} trainable parameters in {len(named)} tensors -> {out}")
@@ -477,6 +511,8 @@ def evaluate_run(run: str | Path | None = None, model: str | None = None, task: 
     model_name = model or cfg.model
     task_name = task or cfg.task
     data_dir = data_dir if data_dir is not None else cfg.data_dir
+    if examples is not None and examples < 1:
+        raise ValueError(f"--examples must be >= 1 (got {examples}); omit it to use the run's own count")
     if examples is None:
         examples = cfg.test_examples if split == "test" else cfg.eval_examples if split == "dev" else None
     autocast = cfg.autocast if autocast == "config" else autocast
