@@ -114,6 +114,8 @@ def test_diverged_run_stops_with_finite_weights_that_eval_accepts(tmp_path, caps
     err = capsys.readouterr().err
     res = json.loads((out / "results.json").read_text())
     assert res["stopped"] and "non-finite" in res["stopped"] and "non-finite" in err
+    kept = "the base model's weights" if res["weights_step"] == 0 else f"the weights after step {res['weights_step']}"
+    assert f"{kept} are in {out}" in err  # the message says which weights were kept
     assert _finite_file(out / "model.safetensors")
     assert main(["eval", "--run", str(out), "--json"]) == 0
     assert math.isfinite(json.loads(capsys.readouterr().out)["accuracy"])

@@ -167,7 +167,9 @@ def _cmd_train(args, demo: bool = False) -> int:
     results = train(cfg, overwrite=overwrite, progress=not args.no_progress)
     print(_summary_table(results, results["out"]))
     if results.get("stopped"):
-        print(f"zotune: error: {results['stopped']}; the weights before that step are in {results['out']}. "
+        step = results.get("weights_step", results["steps"])
+        kept = "the base model's weights" if step == 0 else f"the weights after step {step}"
+        print(f"zotune: error: {results['stopped']}; {kept} are in {results['out']}. "
               "Try a smaller --lr (or --eps).", file=sys.stderr)
         return EXIT_NONFINITE
     return 0
