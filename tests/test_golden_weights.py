@@ -1,6 +1,7 @@
 """Behaviour preserved (issue 7): every golden case replays to the recorded weights, bit for bit.
 
-The weights in ``tests/golden/golden_weights.pt`` were recorded from the engine before the
+The weights in ``tests/golden/golden_weights.pt`` were recorded (float64 forward, so the same on AVX2
+and AVX-512 CPUs) from the engine before the
 restructuring (commit 0cf51b7, ``tests/golden/make_golden.py``). A failure here means the
 current code computes a different update; if that change is a deliberate fix, say so in the
 closing note and regenerate the file from the fixed code (the generator's docstring).

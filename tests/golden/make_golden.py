@@ -69,18 +69,35 @@ CASES: dict[str, tuple[str, dict, torch.dtype]] = {
 }
 
 
+class Linear64(torch.nn.Linear):
+    """A Linear computed in float64 (its weights read exactly, inside its own forward). Why: a float32
+    matmul's rounding depends on the CPU's vector ISA (AVX2 and AVX-512 machines give different last
+    bits), which would make recorded weights machine-specific; in float64 those differences stay
+    far below the float32 rounding of the loss the optimizers see."""
+
+    def forward(self, x):
+        return torch.nn.functional.linear(x, self.weight.double(), self.bias.double())
+
+
+class LayerNorm64(torch.nn.LayerNorm):
+    def forward(self, x):
+        return torch.nn.functional.layer_norm(x, self.normalized_shape, self.weight.double(), self.bias.double(),
+                                              self.eps)
+
+
 class TinyNet(torch.nn.Module):
-    """8 → 16 → 16 → 1 tanh MLP with a final LayerNorm: numbered layer blocks (LeZO, BlockZO),
-    matrices (SubZero, LOZO, AdaNAGED's spectral LMO), vectors, and a ``norm``/``lm_head`` that
-    HybridZO's default pattern trains by backprop. 465 parameters."""
+    """8 → 16 → 16 → 1 tanh MLP with a final LayerNorm, computed in float64 whatever its weights' dtype:
+    numbered layer blocks (LeZO, BlockZO), matrices (SubZero, LOZO, AdaNAGED's spectral LMO), vectors,
+    and a ``norm``/``lm_head`` that HybridZO's default pattern trains by backprop. 465 parameters."""
 
     def __init__(self):
         super().__init__()
-        self.layers = torch.nn.ModuleList([torch.nn.Linear(8, 16), torch.nn.Linear(16, 16)])
-        self.norm = torch.nn.LayerNorm(16)
-        self.lm_head = torch.nn.Linear(16, 1)
+        self.layers = torch.nn.ModuleList([Linear64(8, 16), Linear64(16, 16)])
+        self.norm = LayerNorm64(16)
+        self.lm_head = Linear64(16, 1)
 
     def forward(self, x):
+        x = x.double()
         for layer in self.layers:
             x = torch.tanh(layer(x))
         return self.lm_head(self.norm(x))
@@ -98,7 +115,7 @@ def tiny_problem(dtype: torch.dtype = torch.float32):
     y = torch.sin(x[:, :1]) + 0.5 * x[:, 1:2] * x[:, 2:3]
 
     def closure():
-        return ((model(x.to(dtype)).float() - y) ** 2).mean()
+        return ((model(x) - y.double()) ** 2).mean().float()
 
     return model, closure
 
