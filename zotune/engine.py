@@ -33,6 +33,7 @@ import torch
 from zotune.passes import perturbed_copy, update_
 from zotune.perturb import FunctionalPerturbation, Perturbed
 from zotune.rng import DIRECTION, CounterRNG, mix, name_key
+from zotune.tape import Tape
 
 # A direction: Σ weight·z(seed), as ((seed, weight), ...); a bare int seed means ((seed, 1.0),).
 Direction = int | tuple[tuple[int, float], ...] | list[tuple[int, float]]
@@ -176,6 +177,7 @@ class Engine:
         self.stochastic_rounding = stochastic_rounding
         self.rng = CounterRNG()
         self.hold = InterruptHold()
+        self.tape = Tape()  # the closure's values: recorded by a training run, played back by replay
         # learned from the first perturbed forward: tied parameters (several owner modules) and
         # parameters read outside their owner's forward (swapped through .data instead)
         self.layout_known = False
@@ -246,13 +248,32 @@ class Engine:
         self.layout_known = True
         return bool(self.outside)
 
+    def probe_layout(self, forward: Callable[[], object]) -> None:
+        """Learn the layout (tied parameters, parameters read outside their owner's forward) from
+        one unperturbed ``forward``: a replay runs no other forward, and ForwardGrad trains only the
+        parameters its live run could reach."""
+        if self.layout_known:
+            return
+        pert = self.perturbation(lambda e, dtype: e.param if dtype is None else e.param.to(dtype))
+        with torch.no_grad(), pert:
+            forward()
+        self.learn_layout(pert.visits)
+
     def loss_at(self, closure: Callable, direction: Direction | Callable[[Perturbed], Direction | None],
                 scale: float, subset: Subset = None) -> torch.Tensor:
         """Loss of the closure at θ + scale·d, under no_grad; weights are not written.
 
         ``direction`` is one direction for every parameter of ``subset`` (None: all), or a function
         giving each parameter its direction (None: not perturbed), e.g. the parts of an estimate.
-        ``scale=0`` evaluates θ itself, with no copies built."""
+        ``scale=0`` evaluates θ itself, with no copies built. On replay (``self.tape`` playing) the
+        recorded value is returned and neither the closure nor the weights are touched."""
+        if self.tape.playing:
+            return self.tape.next()
+        loss = self._loss_at(closure, direction, scale, subset)
+        self.tape.record(loss)
+        return loss
+
+    def _loss_at(self, closure, direction, scale: float, subset: Subset) -> torch.Tensor:
         with torch.no_grad():
             if scale == 0:
                 return _as_loss(closure())

@@ -34,6 +34,10 @@ ROUNDING = 1
 
 NOISE_KINDS = ("gaussian", "rademacher")
 
+# The identity of the noise this module draws, stored in every trajectory: a replay with another
+# generator would draw other directions. Change it whenever a draw of any kind changes.
+GENERATOR = "segmented-torch-mt-v1"
+
 
 def splitmix64(x: int) -> int:
     """One SplitMix64 output for state ``x`` (Steele et al. 2014): a cheap, well-mixed 64-bit hash."""

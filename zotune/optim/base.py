@@ -60,6 +60,11 @@ class ZOOptimizer(Optimizer):
     """Base of the zeroth-order optimizers. A method implements ``step(closure)`` from the engine
     primitives (``self.engine``) and its rule; see the module docstring for the engine options."""
 
+    # A step is a function of the weights, the seeds and the closure's scalar values, so a run can
+    # be replayed from its trajectory (``zotune.trajectory``); a method whose update also needs
+    # tensors from the closure (a first-order half) sets this False.
+    replayable = True
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if "step" in cls.__dict__:  # every method's step releases the Ctrl-C hold on exit
@@ -160,6 +165,12 @@ class ZOOptimizer(Optimizer):
                 part = est.part_of(e)
                 if part is not None:
                     yield group, e, part
+
+    def skip_step(self) -> None:
+        """Count a step that was skipped (a non-finite loss: no weight or state was changed), so
+        the next step draws new directions, as the training loop moves on to a new batch."""
+        self.engine.tape.discard()
+        self.zo_step += 1
 
     def finish_step(self, projected_grad: float) -> None:
         self.last_projected_grad = projected_grad

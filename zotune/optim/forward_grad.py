@@ -57,8 +57,10 @@ class ForwardGrad(ZOOptimizer):
 
     def jvp(self, closure, seed: int, subset=None) -> tuple[float, float]:
         """(L(θ), ∇L(θ)·v(seed)) from one call of the closure, v on ``subset`` (None: every
-        parameter); weights are not written."""
+        parameter); weights are not written. On replay both come from the engine's tape."""
         engine = self.engine
+        if engine.tape.playing:
+            return engine.tape.next().item(), engine.tape.next().item()
 
         def make(e: Perturbed, dtype: torch.dtype | None) -> torch.Tensor:
             p = e.param.detach()
@@ -85,6 +87,8 @@ class ForwardGrad(ZOOptimizer):
             warnings.warn(f"ForwardGrad: {len(shapes)} trainable parameter(s) of shapes {shapes} are not read "
                           "inside their module's forward; they get no tangent and are not trained", stacklevel=3)
         check_finite(*values, step=self.zo_step)
+        for v in values:
+            engine.tape.record(v)
         return values[0], values[1]
 
     @torch.no_grad()

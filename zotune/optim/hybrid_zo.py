@@ -47,6 +47,8 @@ class HybridZO(ZOOptimizer):
     """ZO-SGD on most parameters, SGD with backprop on those whose name matches ``fo_params``.
     ``loss = opt.step(closure)`` returns L(θ) from the FO forward. Needs ``named_parameters()``."""
 
+    replayable = False  # its first-order half needs gradient tensors, not scalars
+
     @property
     def forward_passes(self) -> int:
         zo = 2 * self.directions_now() * len(self.engine.subsets(self.zo_side)) if self.zo_side else 0
