@@ -11,7 +11,7 @@ from method_checks import least_squares, mlp
 from zotune.cli import main
 from zotune.engine import NonFiniteUpdateError
 from zotune.optim import OPTIMIZERS, check_args, optimizer_class
-from zotune.train import strict_json
+from zotune.run_folder import strict_json
 
 TINY = ["--model", "tiny-llama", "--batch-size", "4", "--eval-examples", "16", "--test-examples", "8",
         "--max-length", "48", "--no-progress", "--eval-every", "0"]
@@ -110,7 +110,8 @@ def _finite_file(path):
 @pytest.mark.parametrize("optimizer", ["mezo", "sgd"])
 def test_diverged_run_stops_with_finite_weights_that_eval_accepts(tmp_path, capsys, optimizer):
     out = tmp_path / optimizer
-    assert main(["train", *TINY, "--optimizer", optimizer, "--lr", "1e38", "--steps", "4", "--out", str(out)]) == 1
+    assert main(["train", *TINY, "--optimizer", optimizer, "--lr", "1e38", "--steps", "8", "--max-skips", "3",
+                 "--out", str(out)]) == 1
     err = capsys.readouterr().err
     res = json.loads((out / "results.json").read_text())
     assert res["stopped"] and "non-finite" in res["stopped"] and "non-finite" in err

@@ -126,11 +126,11 @@ def test_nonfinite_loss_stops_and_keeps_last_good_weights(tmp_path, monkeypatch,
     monkeypatch.setattr(train_mod, "loss_fn", loss_fn)
     out = tmp_path / "nan"
     capsys.readouterr()
-    assert _train(out, *common, "--steps", "6") == 1
+    assert _train(out, *common, "--steps", "6", "--max-skips", "0") == 1
     assert f"non-finite loss at step {fail_step}" in capsys.readouterr().err
     res = _results(out)
-    assert res["stopped"] == f"non-finite loss at step {fail_step}"
-    assert res["steps"] == fail_step - 1 and res["test_accuracy"] is None
+    assert res["stopped"] == f"non-finite loss at step {fail_step} (1 skipped in a row, --max-skips 0)"
+    assert res["steps"] == fail_step and res["weights_step"] == fail_step - 1 and res["test_accuracy"] is None
     got, want = load_file(str(out / "model.safetensors")), load_file(str(ref / "model.safetensors"))
     assert got.keys() == want.keys()
     for k in want:

@@ -1,4 +1,4 @@
-"""Command-line interface: ``zotune train | eval | plot | demo | bench``.
+"""Command-line interface: ``zotune train | eval | replay | plot | demo | bench``.
 
 Every TrainConfig field is a flag of ``train`` (and ``demo``); flags override ``--config FILE``,
 which overrides the defaults. User errors (bad flags or values, missing files) print one line,
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from zotune.errors import TrainingFailure
 from zotune.config import DEMO_LR, FIELDS, HELP, TrainConfig, _base_type, known_optimizers, load_config, merge
 
 EXIT_USAGE = 2
@@ -72,7 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="zotune", description="Forward-only (zeroth-order) fine-tuning of language models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("train", help="fine-tune a model on a task", description="Fine-tune a model on a task.")
+    p = sub.add_parser("train", help="fine-tune a model on a task (or --resume a run)",
+                       description="Fine-tune a model on a task, or continue a stopped or killed run with --resume.")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN where it stopped (same config; "
+                                                    "--steps, --save-every, --max-skips may change)")
     _add_config_flags(p)
 
     p = sub.add_parser("demo", help="the README demo: SmolLM2 on SST-2 with MeZO into runs/demo",
@@ -102,6 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    p = sub.add_parser("replay", help="rebuild a run's weights from its base model and trajectory",
+                       description="Rebuild the weights of a zeroth-order run from the base model and the run's "
+                                   "trajectory.zot, without forward passes; bit-identical to the run's own weights.")
+    p.add_argument("--trajectory", required=True, metavar="RUN", help="run folder (or its trajectory.zot file)")
+    p.add_argument("--base", metavar="MODEL", help="base model spec (default: the run's model)")
+    p.add_argument("--steps", type=int, help="replay only the first N steps (default: all)")
+    p.add_argument("--out", required=True, help="folder to write model.safetensors and config.yaml into")
+    p.add_argument("--device", help="device (default: the device type the run was recorded on)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
 
     p = sub.add_parser("bench", help="time a ZO step against a forward, textbook MeZO and AdamW",
                        description="Time one step of each phase on one model and one real training batch of a "
@@ -155,8 +169,14 @@ def _summary_table(results: dict, out: str) -> str:
 
 
 def _cmd_train(args, demo: bool = False) -> int:
-    from zotune.train import train
+    from zotune.train import resume, train
 
+    if getattr(args, "resume", None):
+        if args.config or args.overwrite:
+            raise ValueError("--resume continues a run with its own config.yaml; drop --config/--overwrite")
+        results = resume(args.resume, {name: getattr(args, name, None) for name in FIELDS},
+                         progress=not args.no_progress)
+        return _report(results)
     cfg = _config_from_args(args)
     # The demo may replace only its own default folder; an --out the user named is protected as in train.
     overwrite = args.overwrite or (demo and cfg.out is None)
@@ -165,6 +185,14 @@ def _cmd_train(args, demo: bool = False) -> int:
     if demo and cfg.lr is None and cfg.optimizer == "mezo":
         cfg = dataclasses.replace(cfg, lr=DEMO_LR)
     results = train(cfg, overwrite=overwrite, progress=not args.no_progress)
+    return _report(results)
+
+
+def _report(results: dict) -> int:
+    if results.get("interrupted"):
+        print(f"zotune: {results['interrupted']}: stopped after step {results['steps']} with a checkpoint; "
+              f"continue with: zotune train --resume {results['out']}", file=sys.stderr)
+        return results["exit_code"]
     print(_summary_table(results, results["out"]))
     if results.get("stopped"):
         step = results.get("weights_step", results["steps"])
@@ -172,6 +200,16 @@ def _cmd_train(args, demo: bool = False) -> int:
         print(f"zotune: error: {results['stopped']}; {kept} are in {results['out']}. "
               "Try a smaller --lr (or --eps).", file=sys.stderr)
         return EXIT_NONFINITE
+    return 0
+
+
+def _cmd_replay(args) -> int:
+    from zotune.replay import replay
+
+    res = replay(args.trajectory, args.out, base=args.base, steps=args.steps, device=args.device,
+                 overwrite=args.overwrite)
+    print(f"replayed {res['steps']} steps of {res['optimizer']} from {res['trajectory']} "
+          f"({res['trajectory_bytes']:,} bytes) onto {res['base']} -> {res['out']}/model.safetensors")
     return 0
 
 
@@ -253,9 +291,9 @@ def _cmd_plot(args) -> int:
             ax.legend()
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    from zotune.train import _atomic_write
+    from zotune.run_folder import atomic_write
 
-    _atomic_write(out, lambda tmp: fig.savefig(tmp, format=fmt, dpi=120))
+    atomic_write(out, lambda tmp: fig.savefig(tmp, format=fmt, dpi=120))
     plt.close(fig)
     print(f"wrote {out}")
     return 0
@@ -284,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_train(args, demo=True)
         if args.command == "eval":
             return _cmd_eval(args)
+        if args.command == "replay":
+            return _cmd_replay(args)
         if args.command == "plot":
             return _cmd_plot(args)
         if args.command == "bench":
@@ -297,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e.args[0]) if isinstance(e, FileNotFoundError) and e.args and not e.filename else str(e)
         print(f"zotune: error: {msg}", file=sys.stderr)
         return EXIT_USAGE
+    except TrainingFailure as e:  # e.g. a checkpoint that could not be written (a full disk)
+        print(f"zotune: error: {e}", file=sys.stderr)
+        return EXIT_NONFINITE
     except KeyboardInterrupt:
         print("zotune: interrupted", file=sys.stderr)
         return 130

@@ -66,6 +66,8 @@ class TrainConfig:
     trainable: str | None = None
     log_every: int = 1
     save_weights: bool = True
+    save_every: int = 500
+    max_skips: int = 5
     optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -107,6 +109,10 @@ HELP = {
     'trainable': 'regex on parameter names (re.search); only matching parameters are trained. Unset: all',
     'log_every': 'write a metrics.jsonl line every this many steps',
     'save_weights': 'save trainable weights as model.safetensors',
+    'save_every': "write a resumable checkpoint (weights, optimizer state) every this many steps (0: only at "
+                  "the end and on SIGINT/SIGTERM); a resume replays the trajectory from the last one",
+    'max_skips': "a step whose loss is NaN/inf is skipped (weights unchanged); stop the run after this many "
+                 "skips in a row (0: stop at the first)",
     'optimizer_kwargs': 'extra keyword arguments for the optimizer (e.g. momentum, betas)',
 }
 """One line per field: the --help text of its command-line flag."""
@@ -219,6 +225,15 @@ def load_config(path: str | Path) -> TrainConfig:
             data = tomllib.loads(text)
         else:
             raise ValueError(f"config file {path} must end in .yaml, .yml or .toml (got '{suffix or 'no suffix'}')")
+    except yaml.MarkedYAMLError as e:  # one line: where, and what, not PyYAML's multi-line excerpt
+        def at(mark):
+            return f"line {mark.line + 1}, column {mark.column + 1}"
+
+        where = f", {at(e.problem_mark)}" if e.problem_mark is not None else ""
+        context = (f" ({e.context} started at {at(e.context_mark)})"
+                   if e.context and e.context_mark is not None and e.problem else "")
+        raise ValueError(f"cannot parse config file {path}{where}: {e.problem or e.context}{context}; write one "
+                         "'key: value' per line, indented with spaces (see configs/demo.yaml)") from None
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
         raise ValueError(f"cannot parse config file {path}: {e}") from None
     if data is None:
@@ -256,6 +271,20 @@ def _check_task(c: TrainConfig) -> None:
     check_objective(task, c.objective)
 
 
+def _doubled_options(c: TrainConfig, zeroth_order: bool) -> list[str]:
+    """Problems for optimizer_kwargs that set what a config field sets: the trainer passes both, and
+    one would silently beat the other (``--opt lr=`` used to override ``--lr``). A first-order
+    optimizer's ``eps`` is its own epsilon (AdamW's), not the field's perturbation scale."""
+    fields = ("lr", "weight_decay") + (("eps", "seed", "noise") if zeroth_order else ())
+    problems = []
+    for key in fields:
+        if key in c.optimizer_kwargs:
+            flag = "--" + key.replace("_", "-")
+            problems.append(f"optimizer option {key}={c.optimizer_kwargs[key]} sets what {flag} (config key "
+                            f"{key}) sets; give it once, as {flag} {c.optimizer_kwargs[key]} (not --opt {key}=...)")
+    return problems
+
+
 def validate(config: TrainConfig) -> None:
     """Raise ValueError for a config that cannot run, saying what is wrong and how to fix it."""
     c = config
@@ -276,6 +305,10 @@ def validate(config: TrainConfig) -> None:
         problems.append(f"weight_decay must be >= 0 (got {c.weight_decay})")
     if c.eval_every < 0:
         problems.append(f"eval_every must be >= 0 (got {c.eval_every}); 0 evaluates only at the end")
+    if c.save_every < 0:
+        problems.append(f"save_every must be >= 0 (got {c.save_every}); 0 checkpoints only at the end")
+    if c.max_skips < 0:
+        problems.append(f"max_skips must be >= 0 (got {c.max_skips}); 0 stops at the first non-finite loss")
     if c.log_every < 1:
         problems.append(f"log_every must be >= 1 (got {c.log_every})")
     if c.max_length is not None and c.max_length < 8:
@@ -306,9 +339,16 @@ def validate(config: TrainConfig) -> None:
     names = known_optimizers()
     if c.optimizer not in names:
         problems.append(f"unknown optimizer '{c.optimizer}'; choose one of: {', '.join(names)}")
-    elif c.objective != "loss" and not is_zeroth_order_name(c.optimizer):
-        problems.append(f"objective '{c.objective}' has no gradient, so it needs a zeroth-order optimizer "
-                        f"('{c.optimizer}' is first-order): use e.g. --optimizer mezo, or --objective loss")
+    else:
+        zeroth_order = is_zeroth_order_name(c.optimizer)
+        if c.objective != "loss" and not zeroth_order:
+            problems.append(f"objective '{c.objective}' has no gradient, so it needs a zeroth-order optimizer "
+                            f"('{c.optimizer}' is first-order): use e.g. --optimizer mezo, or --objective loss")
+        if c.eps is not None and not zeroth_order:
+            problems.append(f"eps is the perturbation scale of zeroth-order optimizers and '{c.optimizer}' is "
+                            "first-order, so it would be ignored: drop --eps (an optimizer's own epsilon, such as "
+                            "AdamW's, is --opt eps=...)")
+        problems += _doubled_options(c, zeroth_order)
     if problems:
         raise ValueError("invalid config: " + "; ".join(problems))
     _check_task(c)

@@ -46,7 +46,8 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def check_finite(*losses: float, step: int) -> None:
-    """Raise NonFiniteLossError, before any weight is written, if a loss is NaN or infinite."""
+    """Raise NonFiniteLossError, before any weight is written, if a loss is NaN or infinite
+    (``step``: 1-based, as the training loop counts)."""
     if not all(math.isfinite(x) for x in losses):
         raise NonFiniteLossError(
             f"non-finite loss {losses} at step {step}: no weight was changed. "
@@ -143,13 +144,17 @@ class InterruptHold:
         self.caught = True
 
     def release(self) -> None:
-        """End the hold; re-raise a Ctrl-C that arrived during it."""
+        """End the hold; deliver a Ctrl-C that arrived during it to the handler the hold replaced
+        (Python's default raises KeyboardInterrupt; a training loop's may just note it)."""
         if self.previous is None:
             return
-        signal.signal(signal.SIGINT, self.previous)
-        self.previous = None
+        previous, self.previous = self.previous, None
+        signal.signal(signal.SIGINT, previous)
         if self.caught:
-            raise KeyboardInterrupt
+            if callable(previous):
+                previous(signal.SIGINT, None)
+            elif previous != signal.SIG_IGN:
+                raise KeyboardInterrupt
 
 
 class Engine:
@@ -300,14 +305,14 @@ class Engine:
         lp = self.loss_at(closure, direction, eps, subset)
         lm = self.loss_at(closure, direction, -eps, subset)
         lp_f, lm_f = torch.stack([lp, lm]).tolist()
-        check_finite(lp_f, lm_f, step=self.clock().index)
+        check_finite(lp_f, lm_f, step=self.clock().index + 1)
         return lp_f, lm_f
 
     def one_sided(self, closure: Callable, seeds: list[int], eps: float, subset: Subset = None) -> list[float]:
         """L(θ + ε·z(s)) for each seed (a pool's scores), read with one host synchronisation.
         Raises on NaN/inf."""
         losses = torch.stack([self.loss_at(closure, s, eps, subset) for s in seeds]).tolist()
-        check_finite(*losses, step=self.clock().index)
+        check_finite(*losses, step=self.clock().index + 1)
         return losses
 
     def spsa(self, closure: Callable, eps: float, n: int, within: Subset = None) -> Estimate:
@@ -349,7 +354,7 @@ class Engine:
         reads values: the arithmetic of the write is unchanged."""
         if finite and math.isfinite(decay):
             return
-        step = self.clock().index
+        step = self.clock().index + 1
         written = ("earlier parameters of this step were already written" if self.hold.holding
                    else "no weight was changed")
         raise NonFiniteUpdateError(
@@ -387,4 +392,17 @@ def collect_params(param_groups: Iterable[dict]) -> list[Perturbed]:
 
 
 def _as_loss(loss) -> torch.Tensor:
-    return loss.detach().float() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
+    """The closure's value as a 0-dim fp32 tensor, or a ValueError saying what a closure must return
+    (a per-example loss vector would otherwise fail later with an unrelated error)."""
+    if isinstance(loss, torch.Tensor):
+        if loss.numel() != 1:
+            raise ValueError(f"the closure returned a tensor of shape {tuple(loss.shape)}; a zeroth-order step needs "
+                             "one number, the loss: return e.g. loss.mean()")
+        return loss.detach().float().reshape(())
+    if not isinstance(loss, (str, bytes, bool)):
+        try:
+            return torch.tensor(float(loss))  # a Python or NumPy number
+        except (TypeError, ValueError):
+            pass
+    raise ValueError(f"the closure returned {type(loss).__name__}, not the loss; it must run a forward pass "
+                     "and return the loss (a one-element tensor or a number)")

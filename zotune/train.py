@@ -1,15 +1,11 @@
-"""The training harness: one loop for zeroth-order and first-order optimizers.
+"""The training loop: one loop for zeroth-order and first-order optimizers, new or resumed.
 
-``train(config)`` loads the model and task, measures zero-shot test accuracy, runs ``config.steps``
-optimizer steps on seeded mini-batches, evaluates on dev along the way, measures fine-tuned test
-accuracy, and leaves a self-describing run folder:
-
-- ``config.yaml``       the exact config (written once the model and optimizer are built, so a crashed
-                        run still says what it was, and a run failing on bad input leaves no folder)
-- ``metrics.jsonl``     one JSON object per logged step: step, loss, lr, elapsed [, dev_accuracy]
-- ``tb/``               TensorBoard events, when tensorboard is installed
-- ``model.safetensors`` the trainable parameters after the last good step
-- ``results.json``      the summary (accuracies, steps, wall time, peak memory, forward passes)
+``train(config)`` checks everything, loads the model and task, measures the zero-shot test score,
+runs ``config.steps`` optimizer steps on seeded mini-batches, evaluates on dev along the way,
+measures the fine-tuned test score, and leaves a run folder (``zotune.run_folder``). Each step is
+appended to the run's trajectory (``zotune.trajectory``) before the next begins, so
+``resume(run)`` continues a killed run to the same weights, bit for bit: from the latest
+checkpoint, with the later steps played back from the trajectory.
 
 ZO and first-order (FO) optimizers share the loop; only the closure differs. Both run the model
 in eval mode (dropout off), so the two kinds optimise the same deterministic objective.
@@ -24,9 +20,9 @@ import os
 import random
 import re
 import resource
-import shutil
+import signal
 import sys
-import tempfile
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -34,39 +30,24 @@ from typing import Any
 
 import torch
 
-from zotune.config import TrainConfig, load_config, save_config, validate
+from zotune.config import TrainConfig, load_config, merge, save_config, validate
+from zotune.errors import TrainingFailure
 from zotune.optim import (OPTIMIZERS, NonFiniteLossError, NonFiniteUpdateError, build_optimizer, check_args,
                            is_zeroth_order)
 from zotune.tasks import Task, encode, evaluate, get_task, loss_fn, looks_like_data
 from zotune.tasks.encoding import model_context
 from zotune.tasks.icl import draw_demonstrations, evaluate_in_context, shots_summary
+from zotune.run_folder import (MetricsLog, atomic_write, check_out_dir, latest_checkpoint, load_weights, open_run_dir,
+                               read_metrics_until, save_checkpoint, save_weights, sweep_temps, write_json)
+from zotune.trajectory import FILE_NAME as TRAJECTORY
+from zotune.trajectory import (StepRecord, TrajectoryError, TrajectoryWriter, make_header, play, read_trajectory,
+                               weights_hash)
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "results.json", "model.safetensors")
 TB_DIR = "tb"
 
 
 # --------------------------------------------------------------------------- small utilities
-
-def _atomic_write(path: Path, write) -> None:
-    """Write a file through a temp file in the same folder + os.replace, so readers (and a crash)
-    never see a half-written file. ``write(tmp_path)`` produces the content."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; results are ordinary files
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_json(path: Path, data: dict) -> None:
-    _atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8"))
-
 
 def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
     """Peak memory of this run: accelerator allocations on CUDA, process RSS otherwise."""
@@ -80,52 +61,6 @@ def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
 def default_out(config: TrainConfig) -> str:
     task = Path(config.task).stem if looks_like_data(config.task) else config.task
     return os.path.join("runs", f"{task}-{config.optimizer}-s{config.seed}")
-
-
-def _is_stale_temp(name: str) -> bool:
-    """A temporary file that ``_atomic_write`` left behind when its process was killed mid-write."""
-    return name.endswith(".tmp") and any(name.startswith(f".{f}.") for f in RUN_FILES)
-
-
-def check_out_dir(out: str | Path, overwrite: bool) -> Path:
-    """Refuse an output path a run cannot use, touching nothing (called before the model loads).
-
-    Temp files of a killed write do not count as content: they are swept by ``open_run_dir``.
-    """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output path {out} exists and is not a folder; choose another --out")
-    if out.is_dir() and not overwrite and any(not _is_stale_temp(p.name) for p in out.iterdir()):
-        raise ValueError(f"run folder {out} already exists and is not empty; "
-                         "pass --overwrite to replace it, or choose another --out")
-    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        raise ValueError(f"cannot create run folder {out}: {existing} is a file; choose another --out")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot write to {existing}; choose a writable --out")
-    return out
-
-
-def open_run_dir(out: Path, overwrite: bool) -> Path:
-    """Create (or, with ``overwrite``, empty) the run folder; call it only once the model and the
-    optimizer are built, so that a run failing on bad input never touches an old run.
-
-    Only zotune's own files are removed, never anything else a user put there; temp files of a
-    killed write are always removed.
-    """
-    check_out_dir(out, overwrite)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"cannot create run folder {out} ({e.strerror}); choose a writable --out") from None
-    for p in out.iterdir():
-        if _is_stale_temp(p.name) and p.is_file():
-            p.unlink(missing_ok=True)
-    if overwrite:
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / TB_DIR, ignore_errors=True)
-    return out
 
 
 def optimizer_hparams(config: TrainConfig) -> dict[str, Any]:
@@ -170,46 +105,6 @@ def select_trainable(model: torch.nn.Module, pattern: str | None) -> list[tuple[
         names = [n for n, _ in model.named_parameters()][:8]
         raise ValueError(f"trainable pattern {pattern!r} matches no parameter; names look like: {', '.join(names)}")
     return named
-
-
-def save_weights(named_params: list[tuple[str, torch.nn.Parameter]], path: Path) -> None:
-    """Save the trainable tensors with safetensors, each storage once (tied weights share one)."""
-    from safetensors.torch import save_file
-
-    tensors, seen = {}, set()
-    for name, p in named_params:
-        key = (p.data_ptr(), p.dtype, tuple(p.shape))
-        if key in seen:
-            continue
-        seen.add(key)
-        tensors[name] = p.detach().to("cpu").contiguous().clone()
-    _atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt", "producer": "zotune"}))
-
-
-def load_weights(model: torch.nn.Module, path: str | Path) -> list[str]:
-    """Copy saved tensors into the model's parameters (by name); return the names loaded.
-
-    Tied parameters appear under several names in the model but once in the file; copying into
-    the one shared tensor updates every alias.
-    """
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path} (was the run saved with save_weights: false?)")
-    saved = load_file(str(path))
-    params = dict(model.named_parameters(remove_duplicate=False))
-    missing = [k for k in saved if k not in params]
-    if missing:
-        raise ValueError(f"{path} has tensors this model lacks ({', '.join(missing[:5])}); "
-                         "was it trained on a different --model?")
-    with torch.no_grad():
-        for name, t in saved.items():
-            p = params[name]
-            if p.shape != t.shape:
-                raise ValueError(f"{path}: tensor {name} has shape {tuple(t.shape)}, model has {tuple(p.shape)}")
-            p.copy_(t.to(device=p.device, dtype=p.dtype))
-    return list(saved)
 
 
 # --------------------------------------------------------------------------- batches and closures
@@ -272,39 +167,6 @@ def autocast_context(device, autocast):
 
 # --------------------------------------------------------------------------- logging
 
-class MetricsLog:
-    """metrics.jsonl (one flushed line per record) plus TensorBoard scalars when available."""
-
-    def __init__(self, out: Path):
-        self.file = open(out / "metrics.jsonl", "a", encoding="utf-8")
-        self.tb = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(log_dir=str(out / TB_DIR))
-        except Exception:  # tensorboard not installed (it is optional)
-            self.tb = None
-
-    def write(self, record: dict) -> None:
-        self.file.write(strict_json(record) + "\n")
-        self.file.flush()
-        if self.tb is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, record["step"])
-
-    def close(self) -> None:
-        self.file.close()
-        if self.tb is not None:
-            self.tb.close()
-
-
-def strict_json(record: dict) -> str:
-    """One JSON line that strict readers accept: NaN and ±inf (which ``json.dumps`` would write as
-    bare ``NaN``/``Infinity`` tokens) become null."""
-    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-    return json.dumps(clean, allow_nan=False)
-
-
 def non_finite_tensors(named_params) -> list[str]:
     """Names of the tensors among ``named_params`` ((name, tensor) pairs) holding NaN or inf."""
     return [name for name, p in named_params if not bool(torch.isfinite(p.detach()).all())]
@@ -316,145 +178,426 @@ def _log(msg: str) -> None:
 
 # --------------------------------------------------------------------------- the run
 
-def train(config: TrainConfig, overwrite: bool = False, progress: bool = True) -> dict:
-    """Fine-tune as ``config`` says; return the results (also written to ``<out>/results.json``).
+RESUME_MAY_CHANGE = ("steps", "save_every", "max_skips")
+"""Config fields a resumed run may change; any other change would make it another run."""
 
-    A non-finite loss stops the run: the weights from before the failing step are saved, and the
-    results carry ``"stopped": "non-finite loss at step N"`` (the CLI then exits with code 1).
-    """
-    from tqdm.auto import tqdm
 
+class StopSignals:
+    """SIGINT and SIGTERM during training only note the signal: the step under way finishes (or,
+    during its forward passes, never started writing), then the loop checkpoints and exits with
+    128 + the signal's number. A second signal interrupts at once (the trajectory is already on disk)."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self.previous: dict = {}
+
+    def _note(self, signum, frame) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+        _log(f"{signal.Signals(signum).name} received: finishing this step, then writing a checkpoint "
+             "(send it again to stop at once)")
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._note)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+@dataclasses.dataclass
+class Session:
+    """What one training session works with: a new run, or a resumed one."""
+
+    config: TrainConfig
+    task: Task
+    train_ex: list
+    dev_ex: list
+    test_ex: list
+    model: torch.nn.Module
+    tokenizer: Any
+    named: list
+    opt: Any
+    device: torch.device
+    max_length: int
+    out: Path
+    t_start: float
+
+    @property
+    def zeroth_order(self) -> bool:
+        return is_zeroth_order(self.opt)
+
+    def evaluate(self, examples) -> dict:
+        return evaluate(self.model, self.tokenizer, self.task, examples, batch_size=32, autocast=self.config.autocast,
+                        device=self.device, max_length=self.max_length)
+
+
+@dataclasses.dataclass
+class Progress:
+    """The loop's counters, all recoverable from the trajectory and metrics.jsonl on resume."""
+
+    step: int = 0
+    forward_passes: int = 0
+    train_time_s: float = 0.0
+    best_dev: float | None = None
+    best_step: int | None = None
+    last_dev: float | None = None
+    last_loss: float = float("nan")
+    skips_in_row: int = 0
+    skipped: int = 0
+    logged: int = 0  # the last step metrics.jsonl has a line for
+    sampler: Any = None  # the batch sampler, positioned after ``step``
+
+
+def prepare(config: TrainConfig, out: Path | None, overwrite: bool, t_start: float) -> Session:
+    """Check everything a run needs, then load the data, the model and the optimizer. Nothing in
+    the run folder is touched here, so bad input never damages an old run."""
     from zotune.models import load_model, resolve_device
 
     validate(config)
-    t_start = time.perf_counter()
     # All the data first: a bad file must fail in milliseconds, before a model or a run folder exists.
     task, train_ex, dev_ex, test_ex = load_task_data(config)
     check_args(config.optimizer, optimizer_hparams(config))  # a mistyped --opt fails before the model loads
     if config.batch_size > len(train_ex):
         raise ValueError(f"batch_size {config.batch_size} is larger than the {len(train_ex)} training examples; "
                          f"use --batch-size {len(train_ex)} or fewer, or more training data")
-    out = check_out_dir(config.out or default_out(config), overwrite)
-    config = dataclasses.replace(absolute_paths(config), out=str(out))  # the saved config names its folder
+    if out is None:
+        out = check_out_dir(config.out or default_out(config), overwrite)
+        config = dataclasses.replace(absolute_paths(config), out=str(out))  # the saved config names its folder
     device = resolve_device(config.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     _log(f"loading model {config.model} ({config.dtype}) on {device}")
     model, tokenizer = load_model(config.model, dtype=config.dtype, device=str(device))
     model.eval()  # dropout off for both ZO and FO: one deterministic objective
-    max_length = config.max_length or model_context(model)
-
     named = select_trainable(model, config.trainable)
     opt = build_optimizer(config.optimizer, named, **optimizer_hparams(config))
-    zeroth_order = is_zeroth_order(opt)
+    return Session(config, task, train_ex, dev_ex, test_ex, model, tokenizer, named, opt, device,
+                   config.max_length or model_context(model), out, t_start)
+
+
+def train(config: TrainConfig, overwrite: bool = False, progress: bool = True) -> dict:
+    """Fine-tune as ``config`` says; return the results (also written to ``<out>/results.json``).
+
+    A step whose loss is not finite is skipped (weights unchanged); ``config.max_skips`` skips in
+    a row stop the run with the last good weights, and ``"stopped"`` in the results (the CLI then
+    exits with code 1). SIGINT/SIGTERM end the run with a checkpoint, resumable with ``resume``.
+    """
+    s = prepare(config, None, overwrite, time.perf_counter())
     # Everything the run needs now exists: only from here on may the run folder change.
-    open_run_dir(out, overwrite)
-    _atomic_write(out / "config.yaml", lambda p: save_config(config, p))
-    n_train = sum(p.numel() for _, p in named)
-    _log(f"{config.optimizer} ({'zeroth' if zeroth_order else 'first'}-order) on "
-         f"{n_train:,} trainable parameters in {len(named)} tensors -> {out}")
+    open_run_dir(s.out, overwrite)
+    atomic_write(s.out / "config.yaml", lambda p: save_config(s.config, p))
+    n_train = sum(p.numel() for _, p in s.named)
+    _log(f"{s.config.optimizer} ({'zeroth' if s.zeroth_order else 'first'}-order) on "
+         f"{n_train:,} trainable parameters in {len(s.named)} tensors -> {s.out}")
+    header = make_header(trajectory_config(s.config), weights_hash(s.named), s.named, s.device.type)
+    writer = TrajectoryWriter(s.out / TRAJECTORY, header)
+    base = run_baseline(s)
+    return run_loop(s, Progress(), writer, base, progress)
 
-    def eval_on(examples):
-        return evaluate(model, tokenizer, task, examples, batch_size=32, autocast=config.autocast,
-                        device=device, max_length=max_length)
 
-    _log(f"{'ICL' if config.icl_shots else 'zero-shot'} evaluation on {len(test_ex)} test examples ({task.metric})")
-    zero_shot, icl = baseline(model, tokenizer, task, train_ex, test_ex, config.icl_shots, max_length,
-                              batch_size=32, autocast=config.autocast, device=device)
+def trajectory_config(config: TrainConfig) -> dict:
+    """The config as a trajectory header keeps it: what defines the run's steps (not where it is
+    saved, how long it runs, or how often it checkpoints)."""
+    return {k: v for k, v in config.to_dict().items() if k not in ("out", *RESUME_MAY_CHANGE)}
 
-    log = MetricsLog(out)
-    sampler = BatchSampler(len(train_ex), config.batch_size, config.seed)
-    counter = [0]
-    best_dev, best_step, last_dev = None, None, None
-    stopped, steps_done, loss_val, good_batch = None, 0, float("nan"), None
-    t_loop = time.perf_counter()
-    bar = tqdm(total=config.steps, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+
+def run_baseline(s: Session) -> dict:
+    """The zero-shot (or ICL) test evaluation before training, kept in baseline.json so that a
+    resumed run does not redo it."""
+    path = s.out / "baseline.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            pass  # a damaged file: measure again
+    what = "ICL" if s.config.icl_shots else "zero-shot"
+    _log(f"{what} evaluation on {len(s.test_ex)} test examples ({s.task.metric})")
+    result, icl = baseline(s.model, s.tokenizer, s.task, s.train_ex, s.test_ex, s.config.icl_shots, s.max_length,
+                           batch_size=32, autocast=s.config.autocast, device=s.device)
+    base = {"result": result, "icl": icl}
+    write_json(path, base)
+    return base
+
+
+def resume(run: str | Path, changes: dict | None = None, progress: bool = True) -> dict:
+    """Continue the run in folder ``run`` after a crash, a kill or a signal, to final weights
+    bit-identical to an uninterrupted run's. ``changes`` may set the fields of ``RESUME_MAY_CHANGE``
+    (e.g. more ``steps``); any other field must equal the run's own."""
+    t_start = time.perf_counter()
+    out = Path(run)
+    if not (out / "config.yaml").is_file():
+        raise FileNotFoundError(f"{out} is not a zotune run folder (no config.yaml); give the --out of a run")
+    config = load_config(out / "config.yaml")
+    changes = {k: v for k, v in (changes or {}).items() if v is not None}
+    merged = merge(config, changes, where="resume flags")
+    differ = [k for k in changes if k not in RESUME_MAY_CHANGE and getattr(merged, k) != getattr(config, k)]
+    if differ:
+        raise ValueError(f"{out} was made with {', '.join(f'{k}={getattr(config, k)!r}' for k in differ)}; a resume "
+                         f"continues the run with its own config (only {', '.join(RESUME_MAY_CHANGE)} may change). "
+                         "Start a new run with another --out to change the rest")
+    config = dataclasses.replace(merged, out=str(out))
+    finished = _read_results(out)
+    if finished is not None and finished.get("stopped"):
+        raise ValueError(f"{out} stopped ({finished['stopped']}) and cannot continue: its last steps gave "
+                         "non-finite losses. Start a new run with a smaller --lr")
+    if finished is not None and finished.get("steps", 0) >= config.steps:
+        raise ValueError(f"{out} already finished its {finished['steps']} steps; pass --steps N (more than "
+                         f"{finished['steps']}) to train it further")
+    traj = read_trajectory(out)
+    if traj.header["config"] != trajectory_config(config):
+        diff = sorted(k for k in set(traj.header["config"]) | set(trajectory_config(config))
+                      if traj.header["config"].get(k) != trajectory_config(config).get(k))
+        raise TrajectoryError(f"{out}/config.yaml differs from the config its trajectory was recorded with "
+                              f"(fields {', '.join(diff)}); restore the run's config.yaml, or start a new run")
+    if traj.torn_bytes:
+        _log(f"warning: the trajectory's last record was cut short or damaged ({traj.torn_bytes} bytes, a crash "
+             f"while writing it); it is dropped and step {traj.last_step + 1} is redone")
+    if traj.last_step > config.steps:
+        raise ValueError(f"{out} has already run {traj.last_step} steps, more than --steps {config.steps}")
+    s = prepare(config, out, False, t_start)
+    if traj.header["device_type"] != s.device.type:
+        raise TrajectoryError(f"{out} was recorded on {traj.header['device_type']}; the noise drawn on "
+                              f"{s.device.type} differs, so resume it with --device {traj.header['device_type']}")
+    if weights_hash(s.named) != traj.header["base_weights_sha256"]:
+        raise TrajectoryError(f"the base weights of {config.model} differ from those {out} started from (hash "
+                              "mismatch): the model files changed since the run began; resume with the same model")
+    sweep_temps(out)
+    writer = TrajectoryWriter(out / TRAJECTORY, keep_bytes=traj.valid_bytes)
+    prog = restore_progress(s, traj, writer)
+    _log(f"resuming {out} at step {prog.step} of {config.steps}")
+    base = run_baseline(s)
+    return run_loop(s, prog, writer, base, progress, redo_record=True)
+
+
+def _read_results(out: Path) -> dict | None:
     try:
-        for step in range(1, config.steps + 1):
-            batch = encode(task, tokenizer, [train_ex[i] for i in sampler.next()], max_length=max_length,
-                           objective=config.objective)
-            closure = make_closure(model, batch, device, config.autocast, zeroth_order, opt, counter)
-            try:
-                loss = opt.step(closure)
-                loss_val = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
-                if not math.isfinite(loss_val):  # an optimizer that did not check: stop anyway
-                    raise NonFiniteLossError(f"non-finite loss {loss_val}")
-            except FloatingPointError as err:
-                stopped = f"non-finite {'update' if isinstance(err, NonFiniteUpdateError) else 'loss'} at step {step}"
-                _log(str(err))
-                break
-            steps_done, good_batch = step, batch
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_val:.4f}", refresh=False)
-            record = None
-            if step % config.log_every == 0 or step == config.steps:
-                record = {"step": step, "loss": loss_val, "lr": opt.param_groups[0].get("lr"),
-                          "elapsed": round(time.perf_counter() - t_loop, 3)}
-            if (config.eval_every and step % config.eval_every == 0) or step == config.steps:
-                last_dev = eval_on(dev_ex)["score"]
-                if best_dev is None or last_dev > best_dev:
-                    best_dev, best_step = last_dev, step
-                record = record or {"step": step, "loss": loss_val, "lr": opt.param_groups[0].get("lr")}
-                record.update(dev_accuracy=last_dev, elapsed=round(time.perf_counter() - t_loop, 3))
-                bar.write(f"step {step}: loss {loss_val:.4f}, dev {task.metric} {last_dev:.4f}")
-            if record is not None:
-                log.write(record)
+        return json.loads((out / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def restore_progress(s: Session, traj, writer: TrajectoryWriter) -> Progress:
+    """Bring the session to the trajectory's last step: the latest checkpoint, then its later steps
+    played back (ZO methods), or the trajectory cut back to the checkpoint (methods whose steps
+    need tensors: first-order, HybridZO, which redo those steps). Returns the loop's counters."""
+    replayable = s.zeroth_order and s.opt.replayable
+    ckpt = latest_checkpoint(s.out, traj.last_step)
+    start = 0
+    if ckpt is not None:
+        load_weights(s.model, ckpt.weights)
+        s.opt.load_state_dict(torch.load(ckpt.optimizer, map_location=s.device, weights_only=True))
+        start = ckpt.step
+    records = traj.records
+    if not replayable:
+        keep = [r for r in records if r.step <= start]
+        writer.cut(traj.bytes_through(start))
+        records = keep
+    elif records[start:]:
+        _log(f"replaying steps {start + 1}..{traj.last_step} from the trajectory (no forward passes)")
+        s.opt.engine.probe_layout(lambda: probe_forward(s))
+    prog = Progress()
+    sampler = BatchSampler(len(s.train_ex), s.config.batch_size, s.config.seed)
+    for rec in records:
+        sampler.next()  # the batch order as the live run drew it
+        if rec.step > start:
+            loss = play(s.opt, rec)
+            if loss is not None:
+                prog.last_loss = loss
+        prog.forward_passes += rec.calls
+        prog.skipped += rec.skipped
+        prog.skips_in_row = prog.skips_in_row + 1 if rec.skipped else 0
+        prog.step = rec.step
+    prog.sampler = sampler
+    for rec in read_metrics_until(s.out, prog.step):
+        prog.train_time_s = rec.get("elapsed", prog.train_time_s) or prog.train_time_s
+        if rec.get("dev_accuracy") is not None:
+            prog.last_dev = rec["dev_accuracy"]
+            if prog.best_dev is None or prog.last_dev > prog.best_dev:
+                prog.best_dev, prog.best_step = prog.last_dev, rec["step"]
+        if rec["step"] == prog.step and isinstance(rec.get("loss"), float):
+            prog.last_loss = rec["loss"]
+        prog.logged = rec["step"]
+    return prog
+
+
+def probe_forward(s: Session) -> None:
+    """One tiny forward of the model (two tokens), for the engine to learn which parameters it reads."""
+    ids = torch.zeros(1, 2, dtype=torch.long, device=s.device)
+    with autocast_context(s.device, s.config.autocast):
+        s.model(input_ids=ids)
+
+
+def run_loop(s: Session, prog: Progress, writer: TrajectoryWriter, base: dict, progress: bool,
+             redo_record: bool = False) -> dict:
+    """Train from ``prog.step`` to ``config.steps``; then finish (weights, test, results)."""
+    from tqdm.auto import tqdm
+
+    config, opt = s.config, s.opt
+    log = MetricsLog(s.out)
+    sampler = prog.sampler or BatchSampler(len(s.train_ex), config.batch_size, config.seed)
+    counter = [prog.forward_passes]
+    stopped, interrupted, good_batch = None, None, None
+    t_loop = time.perf_counter() - prog.train_time_s
+    bar = tqdm(total=config.steps, initial=prog.step, desc="train", unit="step", disable=not progress,
+               dynamic_ncols=True)
+
+    def after_step(step: int) -> None:
+        """The metrics line of ``step`` (and its dev evaluation, when due)."""
+        record = None
+        if step % config.log_every == 0 or step == config.steps:
+            record = {"step": step, "loss": prog.last_loss, "lr": opt.param_groups[0].get("lr"),
+                      "elapsed": round(time.perf_counter() - t_loop, 3)}
+        if (config.eval_every and step % config.eval_every == 0) or step == config.steps:
+            prog.last_dev = s.evaluate(s.dev_ex)["score"]
+            if prog.best_dev is None or prog.last_dev > prog.best_dev:
+                prog.best_dev, prog.best_step = prog.last_dev, step
+            record = record or {"step": step, "loss": prog.last_loss, "lr": opt.param_groups[0].get("lr")}
+            record.update(dev_accuracy=prog.last_dev, elapsed=round(time.perf_counter() - t_loop, 3))
+            bar.write(f"step {step}: loss {prog.last_loss:.4f}, dev {s.task.metric} {prog.last_dev:.4f}")
+        if record is not None:
+            log.write(record)
+
+    def checkpoint(step: int, weights_file: Path | None = None) -> None:
+        loop = {k: getattr(prog, k) for k in ("step", "forward_passes", "best_dev", "best_step", "last_dev", "skipped")}
+        loop["train_time_s"] = round(time.perf_counter() - t_loop, 3)
+        try:
+            save_checkpoint(s.out, step, s.named, opt, loop, weights_file)
+        except OSError as e:
+            raise CheckpointWriteError(
+                f"could not write the checkpoint of step {step} in {s.out} ({e.strerror or e}); the trajectory and "
+                f"the previous checkpoint are intact. Free disk space, then continue with "
+                f"`zotune train --resume {s.out}`") from None
+
+    try:
+        with StopSignals() as signals:
+            if redo_record and prog.step > prog.logged:
+                after_step(prog.step)  # killed between the step's record and its metrics line
+            saved = prog.step
+            for step in range(prog.step + 1, config.steps + 1):
+                if signals.received is not None:
+                    break
+                batch = encode(s.task, s.tokenizer, [s.train_ex[i] for i in sampler.next()],
+                               max_length=s.max_length, objective=config.objective)
+                closure = make_closure(s.model, batch, s.device, config.autocast, s.zeroth_order, opt, counter)
+                seed = opt.step_seed() & (2**64 - 1) if s.zeroth_order else 0
+                calls = counter[0]
+                if s.zeroth_order:
+                    opt.engine.tape.recording = True
+                try:
+                    loss = opt.step(closure)
+                    loss_val = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
+                    if not math.isfinite(loss_val):  # an optimizer that did not check: stop anyway
+                        raise NonFiniteUpdateError(f"non-finite loss {loss_val} returned after the update")
+                except NonFiniteLossError as err:
+                    if s.zeroth_order:
+                        opt.skip_step()
+                    writer.append(StepRecord(step, seed, (), counter[0] - calls, skipped=True))
+                    prog.step, prog.skipped, prog.skips_in_row = step, prog.skipped + 1, prog.skips_in_row + 1
+                    log.write({"step": step, "skipped": True, "reason": str(err).split(":")[0]})
+                    _log(f"step {step} skipped: {err}")
+                    bar.update(1)
+                    if prog.skips_in_row >= max(config.max_skips, 1):
+                        stopped = (f"non-finite loss at step {step} ({prog.skips_in_row} skipped in a row, "
+                                   f"--max-skips {config.max_skips})")
+                        break
+                    continue
+                except NonFiniteUpdateError as err:
+                    stopped = f"non-finite update at step {step}"
+                    _log(str(err))
+                    break
+                values = tuple(opt.engine.tape.take()) if s.zeroth_order else (loss_val,)
+                writer.append(StepRecord(step, seed, values, counter[0] - calls))
+                prog.step, prog.last_loss, prog.skips_in_row, good_batch = step, loss_val, 0, batch
+                prog.forward_passes = counter[0]
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_val:.4f}", refresh=False)
+                after_step(step)
+                if config.save_every and step % config.save_every == 0 and step < config.steps:
+                    checkpoint(step)
+                    saved = step
+            interrupted = signals.received
+            if interrupted is not None and prog.step > saved:
+                checkpoint(prog.step)
     finally:
         bar.close()
         log.close()
-    train_time = time.perf_counter() - t_loop
+        writer.close()
+    prog.train_time_s = time.perf_counter() - t_loop
+    if interrupted is not None:
+        name = signal.Signals(interrupted).name
+        _log(f"{name}: stopped after step {prog.step} with a checkpoint; continue with "
+             f"`zotune train --resume {s.out}`")
+        return {"out": str(s.out), "steps": prog.step, "interrupted": name, "exit_code": 128 + interrupted}
+    return finish(s, prog, base, stopped, good_batch, checkpoint)
 
-    weights_step = steps_done
-    if stopped is not None and steps_done > 0:
-        broken = weights_broken(model, named, good_batch, device, config.autocast)
+
+class CheckpointWriteError(TrainingFailure):
+    """A checkpoint could not be written (a full disk): the run stops, resumable once fixed."""
+
+
+def finish(s: Session, prog: Progress, base: dict, stopped: str | None, good_batch, checkpoint) -> dict:
+    """Save the final weights (and the final checkpoint), measure the test score, write results.json."""
+    config, out = s.config, s.out
+    weights_step = prog.step - (prog.skips_in_row if stopped else 0)
+    if stopped is not None and weights_step > 0 and good_batch is not None:
+        broken = weights_broken(s.model, s.named, good_batch, s.device, config.autocast)
         if broken:
-            _log(f"the weights after step {steps_done} {broken}; restoring the base model's weights")
-            restore_base_weights(config, named)
-            stopped += f" (the weights after step {steps_done} {broken}, so the base model's weights were kept)"
+            _log(f"the weights after step {weights_step} {broken}; restoring the base model's weights")
+            restore_base_weights(config, s.named)
+            stopped += f" (the weights after step {weights_step} {broken}, so the base model's weights were kept)"
             weights_step = 0
     if config.save_weights:
-        save_weights(named, out / "model.safetensors")
+        save_weights(s.named, out / "model.safetensors")
+    if stopped is None:
+        checkpoint(prog.step, out / "model.safetensors" if config.save_weights else None)
     final = None
     if stopped is None:
-        _log(f"fine-tuned evaluation on {len(test_ex)} test examples")
-        final = eval_on(test_ex)
+        _log(f"fine-tuned evaluation on {len(s.test_ex)} test examples")
+        final = s.evaluate(s.test_ex)
     else:
         _log(f"stopped: {stopped}; weights from step {weights_step} kept" +
              (f" in {out / 'model.safetensors'}" if config.save_weights else ""))
-
-    peak, peak_kind = _peak_memory_mb(device)
+    zero_shot, icl = base["result"], base["icl"]
+    peak, peak_kind = _peak_memory_mb(s.device)
     results = {
         "out": str(out),
         "model": config.model,
         "task": config.task,
-        "task_name": task.name,
-        "metric": task.metric,
+        "task_name": s.task.name,
+        "metric": s.task.metric,
         "objective": config.objective,
         "optimizer": config.optimizer,
-        "zeroth_order": zeroth_order,
+        "zeroth_order": s.zeroth_order,
         "zero_shot_test_accuracy": None if icl else zero_shot["score"],
         "icl_test_accuracy": zero_shot["score"] if icl else None,
         "icl": icl,
         "test_accuracy": final["score"] if final else None,
         "baseline_test_metrics": _metrics_only(zero_shot),
         "test_metrics": _metrics_only(final) if final else None,
-        "test_examples": len(test_ex),
-        "best_dev_accuracy": best_dev,
-        "best_dev_step": best_step,
-        "final_dev_accuracy": last_dev,
-        "final_loss": loss_val if stopped is None else None,
-        "steps": steps_done,
+        "test_examples": len(s.test_ex),
+        "best_dev_accuracy": prog.best_dev,
+        "best_dev_step": prog.best_step,
+        "final_dev_accuracy": prog.last_dev,
+        "final_loss": prog.last_loss if stopped is None else None,
+        "steps": prog.step,
+        "skipped_steps": prog.skipped,
         "weights_step": weights_step,
-        "train_forward_passes": counter[0],
-        "trainable_parameters": n_train,
-        "train_time_s": round(train_time, 3),
-        "wall_time_s": round(time.perf_counter() - t_start, 3),
+        "train_forward_passes": prog.forward_passes,
+        "trainable_parameters": sum(p.numel() for _, p in s.named),
+        "train_time_s": round(prog.train_time_s, 3),
+        "wall_time_s": round(time.perf_counter() - s.t_start, 3),
+        "trajectory_bytes": (out / TRAJECTORY).stat().st_size,
         "peak_memory_mb": round(peak, 1),
         "peak_memory_kind": peak_kind,
-        "device": str(device),
+        "device": str(s.device),
         "stopped": stopped,
     }
-    _write_json(out / "results.json", results)
+    write_json(out / "results.json", results)
     return results
 
 

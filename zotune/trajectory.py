@@ -76,10 +76,15 @@ class Trajectory:
     records: list[StepRecord] = field(default_factory=list)
     valid_bytes: int = 0
     torn_bytes: int = 0
+    ends: list[int] = field(default_factory=list)  # byte offset after the header, then after each record
 
     @property
     def last_step(self) -> int:
         return self.records[-1].step if self.records else 0
+
+    def bytes_through(self, step: int) -> int:
+        """Length of the file holding the header and the records of steps 1..``step``."""
+        return self.ends[min(step, len(self.records))]
 
 
 def _frame(payload: bytes) -> bytes:
@@ -185,7 +190,8 @@ def read_trajectory(run_or_file: str | Path) -> Trajectory:
     header = json.loads(frames[0][0][1:].decode())
     if header.get("format") != FORMAT:
         raise TrajectoryError(f"{path} has trajectory format {header.get('format')}, this zotune reads {FORMAT}")
-    traj = Trajectory(path, header, valid_bytes=len(data) - torn, torn_bytes=torn)
+    traj = Trajectory(path, header, valid_bytes=len(data) - torn, torn_bytes=torn,
+                      ends=[at + 8 + len(payload) for payload, at in frames])
     for payload, at in frames[1:]:
         try:
             rec = StepRecord.from_payload(payload) if payload[:1] == b"S" else None
@@ -222,21 +228,23 @@ def _valid_frame_after(data: bytes, start: int) -> bool:
 
 # --------------------------------------------------------------------------- playback
 
-def play(opt, record: StepRecord) -> None:
+def play(opt, record: StepRecord) -> float | None:
     """Redo one recorded step on ``opt`` (a ZO optimizer over the model's weights) without a
-    forward pass: the closure's recorded values are played back, so the update is bit-identical."""
+    forward pass: the closure's recorded values are played back, so the update is bit-identical.
+    Returns the step's loss as the live step returned it (None for a skipped step)."""
     if record.seed != opt.step_seed() & (2**64 - 1):
         raise TrajectoryError(f"step {record.step} was drawn with seed {record.seed}, this optimizer would draw "
                               f"{opt.step_seed() & (2**64 - 1)}: the trajectory belongs to another seed or method")
     if record.skipped:
         opt.skip_step()
-        return
+        return None
     tape = opt.engine.tape
     tape.play(record.values)
     try:
-        opt.step(_no_forward)
+        loss = opt.step(_no_forward)
     finally:
         tape.stop()
+    return float(loss)
 
 
 def _no_forward():

@@ -43,6 +43,7 @@ from torch.optim import Optimizer
 from zotune.engine import Engine, Estimate, Part, Step, collect_params
 from zotune.perturb import Perturbed
 from zotune.samplers import make_sampler
+from zotune.samplers.base import whole_number
 
 
 def _releasing_interrupt(step):
@@ -84,8 +85,7 @@ class ZOOptimizer(Optimizer):
         num_directions: int = 1,
         query_schedule: tuple[float, float, int] | None = None,
     ):
-        if num_directions < 1:
-            raise ValueError(f"num_directions must be >= 1, got {num_directions}")
+        num_directions = whole_number("num_directions", num_directions, 1)  # 2.5 is refused, not truncated
         if query_schedule is not None:
             if len(query_schedule) != 3 or query_schedule[0] <= 0 or query_schedule[1] < 0 or query_schedule[2] < 1:
                 raise ValueError("query_schedule must be (alpha > 0, beta >= 0, q_max >= 1), "
@@ -270,6 +270,17 @@ def fixed_sampler(engine: dict, sampler, method: str) -> dict:
 
 
 def check_closure(opt, closure) -> None:
-    """A ZO step needs a closure: say so, naming the method."""
+    """A ZO step needs a closure: say so, naming the method. Every step calls this first, so it also
+    refuses a change of ``requires_grad`` since the optimizer was built: the engine fixed its
+    parameters then, and would otherwise keep training a parameter frozen later (torch's optimizers
+    skip it) and never train one unfrozen later."""
     if closure is None:
         raise ValueError(f"{type(opt).__name__}.step needs a closure that runs a forward pass and returns the loss")
+    frozen = [e.name or f"parameter {e.index}" for e in opt.engine.params if not e.param.requires_grad]
+    thawed = sum(1 for g in opt.param_groups for p in g["params"] if p.requires_grad and id(p) not in opt.engine.by_id)
+    if frozen or thawed:
+        what = (f"{len(frozen)} parameter(s) ({', '.join(frozen[:3])}) were frozen with requires_grad_(False)"
+                if frozen else f"{thawed} parameter(s) were unfrozen with requires_grad_(True)")
+        raise ValueError(f"{type(opt).__name__}: {what} after the optimizer was built, and a zeroth-order optimizer "
+                         "trains the parameters that required grad when it was built: build a new optimizer after "
+                         "changing requires_grad (no weight was changed)")

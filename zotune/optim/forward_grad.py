@@ -77,8 +77,10 @@ class ForwardGrad(ZOOptimizer):
         with fwAD.dual_level(), sdpa_kernel(SDPBackend.MATH):
             with pert:
                 loss = closure()
-            if not isinstance(loss, torch.Tensor):
-                raise TypeError("ForwardGrad needs the closure to return the loss as a tensor")
+            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                got = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
+                raise ValueError(f"the closure returned {got}; ForwardGrad needs the loss as a one-element tensor "
+                                 "(its forward-mode derivative is read from it): return e.g. loss.mean()")
             primal, tangent = fwAD.unpack_dual(loss)
             j = torch.zeros(()) if tangent is None else tangent.detach().float()
             values = torch.stack([primal.detach().float().reshape(()), j.reshape(())]).tolist()
@@ -86,7 +88,7 @@ class ForwardGrad(ZOOptimizer):
             shapes = [tuple(e.param.shape) for e in engine.params if id(e.param) in engine.outside]
             warnings.warn(f"ForwardGrad: {len(shapes)} trainable parameter(s) of shapes {shapes} are not read "
                           "inside their module's forward; they get no tangent and are not trained", stacklevel=3)
-        check_finite(*values, step=self.zo_step)
+        check_finite(*values, step=self.zo_step + 1)
         for v in values:
             engine.tape.record(v)
         return values[0], values[1]

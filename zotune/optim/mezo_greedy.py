@@ -74,7 +74,7 @@ class MeZOGreedy(ZOOptimizer):
         n, t = self.directions_now(), self.current_step()
         if not self.central:
             base = self.engine.loss_at(closure, t.seed, 0.0).item()
-            check_finite(base, step=self.zo_step)
+            check_finite(base, step=self.zo_step + 1)
         parts, chosen = [], []
         for subset in self.engine.subsets():  # every loss is known before any weight is written
             terms, losses = [], []

@@ -73,7 +73,7 @@ class ZOSGDConservative(ZOOptimizer):
             raise ValueError("ZOSGDConservative uses one lr and no weight decay for all parameter groups")
         eps = self.shared_eps()
         l0 = self.engine.loss_at(closure, self.step_seed(), 0.0).item()
-        check_finite(l0, step=self.zo_step)
+        check_finite(l0, step=self.zo_step + 1)
         est = self.estimate(closure, eps)
 
         def g_hat(e):  # ĝ of each parameter, None where this step has no estimate
