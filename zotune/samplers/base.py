@@ -16,6 +16,8 @@ bound to one optimizer's parameters (``bind``); give each optimizer its own samp
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from zotune.engine import Step
@@ -71,6 +73,15 @@ class Sampler:
 
 
 register_sampler("dense")(Sampler)
+
+
+def whole_number(name: str, value, minimum: int) -> int:
+    """``value`` as an int >= ``minimum``, or a ValueError: a fraction is refused, not truncated
+    (``rank=2.5`` silently becoming 2 would run another method than the one asked for)."""
+    ok = not isinstance(value, bool) and (isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer()))
+    if not ok or value < minimum:
+        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    return int(value)
 
 
 def make_sampler(spec=None) -> Sampler:

@@ -14,7 +14,7 @@ import random
 from zotune.engine import Step
 from zotune.perturb import Perturbed
 from zotune.rng import mix
-from zotune.samplers.base import Sampler, register_sampler
+from zotune.samplers.base import Sampler, register_sampler, whole_number
 
 LAYERS = 0x1E20  # salt of the seed that picks LeZO's layers of a step
 BLOCKS = 0xB10C  # salt of the seed that picks BlockZO's blocks of a step (order="random")
@@ -99,8 +99,8 @@ class Blocks(_LayerSampler):
 
     def __init__(self, blocks_per_step: int | None = None, order: str = "cyclic"):
         super().__init__()
-        if blocks_per_step is not None and blocks_per_step < 1:
-            raise ValueError(f"blocks_per_step must be >= 1 or None, got {blocks_per_step}")
+        if blocks_per_step is not None:
+            blocks_per_step = whole_number("blocks_per_step", blocks_per_step, 1)
         if order not in ORDERS:
             raise ValueError(f"unknown order {order!r}; choose one of {ORDERS}")
         self.order = order
@@ -108,7 +108,10 @@ class Blocks(_LayerSampler):
 
     def bind(self, params, kind):
         super().bind(params, kind)
-        self.blocks_per_step = min(self.requested or len(self.blocks), len(self.blocks))
+        if self.requested is not None and self.requested > len(self.blocks):
+            raise ValueError(f"blocks_per_step {self.requested} is more than the {len(self.blocks)} blocks of the "
+                             f"trainable parameters; use at most {len(self.blocks)}, or leave it unset to visit all")
+        self.blocks_per_step = self.requested or len(self.blocks)
         return self
 
     def chosen(self, t: Step) -> list[int]:

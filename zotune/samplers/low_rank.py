@@ -17,7 +17,7 @@ import torch
 from zotune.engine import Step
 from zotune.perturb import Perturbed
 from zotune.rng import mix
-from zotune.samplers.base import Sampler, register_sampler
+from zotune.samplers.base import Sampler, register_sampler, whole_number
 
 SUBSPACE = 0x5B2E0  # salt of SubZero's refresh seed: subspaces are independent of the step's draws
 LAZY = 0x1A2F0  # salt of the seed of LOZO's lazy factor V
@@ -36,12 +36,21 @@ class _LowRankSampler(Sampler):
 
     def __init__(self, rank: int, refresh_every: int):
         super().__init__()
-        if rank < 1:
-            raise ValueError(f"rank must be >= 1, got {rank}")
-        if refresh_every < 1:
-            raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
-        self.rank = int(rank)
-        self.refresh_every = int(refresh_every)
+        self.rank = whole_number("rank", rank, 1)
+        self.refresh_every = whole_number("refresh_every", refresh_every, 1)
+
+    def check_rank_fits(self) -> None:
+        """Refuse a rank that no bound trainable matrix is larger than: every parameter would take the
+        dense stream (MeZO's draws) while the run claims to be low-rank. Called for a rank the user
+        chose (``build_optimizer``); a default rank on a small model keeps the documented fallback."""
+        sides = [(min(e.param.shape[0], e.param.numel() // e.param.shape[0]), e.name) for e in self.params
+                 if e.param.dim() >= 2 and e.param.numel() > 0]
+        if sides and all(low_rank_shape(e.param, self.rank) is None for e in self.params):
+            side, name = max(sides, key=lambda s: s[0])
+            raise ValueError(
+                f"rank {self.rank} is not smaller than any trainable matrix (the largest has {side} as its smaller "
+                f"side: {name or 'a parameter'}), so every parameter would take dense draws, as in MeZO; "
+                f"use a rank below {side} (LOZO's default is 2, SubZero's 24)")
 
     def period_seed(self, t: Step, salt: int) -> int:
         """Seed of the factors at step ``t``: changes every ``refresh_every`` steps."""

@@ -7,7 +7,7 @@ import torch
 from zotune.engine import Step
 from zotune.perturb import Perturbed
 from zotune.rng import mix
-from zotune.samplers.base import Sampler, register_sampler
+from zotune.samplers.base import Sampler, register_sampler, whole_number
 
 MASK = 0x3A5C  # salt of the mask seed
 
@@ -24,10 +24,8 @@ class SparseMask(Sampler):
         super().__init__()
         if not 0.0 < density <= 1.0:
             raise ValueError(f"density must be in (0, 1], got {density}")
-        if resample_every < 1:
-            raise ValueError(f"resample_every must be >= 1, got {resample_every}")
         self.density = float(density)
-        self.resample_every = int(resample_every)
+        self.resample_every = whole_number("resample_every", resample_every, 1)
 
     def mask_seed(self, t: Step) -> int:
         """Seed of the mask at step ``t``: changes every ``resample_every`` steps."""
