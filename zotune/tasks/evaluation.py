@@ -11,6 +11,7 @@ from .encoding import drop_leading, model_context, pad_id, special_prefix
 from .generation import generate_answers
 from .scoring import Prefix, cross_entropy, model_device
 
+MIN_LENGTH = 8  # the shortest max_length a run may use (config.validate checks the same bound)
 PREFIX_MEMORY = 2**30  # bytes of shared-prefix keys/values one batch may hold (the prefix copied per row)
 
 
@@ -28,6 +29,11 @@ def evaluate(model, tokenizer, task: Task, examples: list[Example], batch_size: 
     """
     if not examples:
         raise ValueError("evaluate() needs at least one example")
+    if batch_size < 1:
+        raise ValueError(f"batch_size (--batch-size) must be >= 1 (got {batch_size}); evaluation uses 32 by default")
+    if max_length is not None and max_length < MIN_LENGTH:
+        raise ValueError(f"max_length (--max-length) must be >= {MIN_LENGTH} tokens (got {max_length}); shorter prompts lose "
+                         "all their words. Omit it to use the run's, else the model's context length")
     device = torch.device(device) if device is not None else model_device(model)
     max_length = max_length or model_context(model)
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt))
