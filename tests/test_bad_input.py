@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -353,3 +354,12 @@ def test_parameter_unfrozen_after_the_optimizer_was_built_is_refused():
     model[0].weight.requires_grad_(True)
     with pytest.raises(ValueError, match="1 parameter\\(s\\) were unfrozen with requires_grad_\\(True\\)"):
         opt.step(closure)
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_an_out_where_not_even_root_can_create_a_folder(capsys):
+    """test_run_folder's unwritable-folder test is skipped as root (CI runs as root); /proc refuses
+    a new folder to root too."""
+    _refused(capsys, ["train", *TINY, "--out", "/proc/zotune-run"], "cannot create run folder /proc/zotune-run",
+             "choose a writable --out")
+    assert not Path("/proc/zotune-run").exists()
