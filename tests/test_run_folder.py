@@ -43,6 +43,38 @@ def test_overwrite_with_a_bad_model_keeps_the_old_run(old_run, capsys):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a CPU-only torch")
+@pytest.mark.parametrize("failure", [RuntimeError("out of memory"), KeyboardInterrupt()])
+def test_overwrite_keeps_the_old_run_until_the_new_one_completes_a_step(old_run, capsys, monkeypatch, failure):
+    """The new run is staged inside the folder; a crash or Ctrl-C before its first step is done
+    (here: in its first forward) leaves the old run byte for byte, and no staging folder."""
+    import zotune.train as train_mod
+
+    before = _snapshot(old_run)
+
+    def broken(model, batch):
+        raise failure
+
+    monkeypatch.setattr(train_mod, "loss_fn", broken)
+    code = _train(old_run, "--steps", "2", "--overwrite", "--lr", "1e-2") if isinstance(failure, KeyboardInterrupt) \
+        else None
+    if code is None:
+        with pytest.raises(RuntimeError):
+            _train(old_run, "--steps", "2", "--overwrite", "--lr", "1e-2")
+    else:
+        assert code == 130
+    assert _snapshot(old_run) == before
+    assert not [p for p in old_run.iterdir() if p.name.startswith(".")]
+
+
+def test_overwrite_swaps_in_the_new_run_after_its_first_step(old_run):
+    (old_run / "notes.txt").write_text("mine")
+    assert _train(old_run, "--steps", "2", "--overwrite", "--lr", "1e-2") == 0
+    assert json.loads((old_run / "results.json").read_text())["steps"] == 2
+    assert (old_run / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in old_run.glob("checkpoint-*")) == ["checkpoint-00000002"]
+    assert not [p for p in old_run.iterdir() if p.name.startswith(".")]
+
+
 def test_overwrite_onto_a_missing_gpu_keeps_the_old_run(old_run, capsys):
     before = _snapshot(old_run)
     assert _train(old_run, "--steps", "1", "--overwrite", "--device", "cuda") == 2

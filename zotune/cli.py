@@ -189,6 +189,9 @@ def _cmd_train(args, demo: bool = False) -> int:
 
 
 def _report(results: dict) -> int:
+    if results.get("interrupted") and results.get("resumable") is False:
+        print(f"zotune: {results['interrupted']} before the first step; nothing to resume", file=sys.stderr)
+        return results["exit_code"]
     if results.get("interrupted"):
         print(f"zotune: {results['interrupted']}: stopped after step {results['steps']} with a checkpoint; "
               f"continue with: zotune train --resume {results['out']}", file=sys.stderr)

@@ -13,7 +13,8 @@ Files (``docs/reliability.md`` says what each guarantees):
 
 Every file is written through a temporary file in the same folder and renamed (a checkpoint
 through a temporary folder), so readers and a killed process never see a half-written one; the
-temporaries a killed write leaves are swept by the next run into the folder.
+temporaries a killed write leaves are swept by the next run into the folder. A run that replaces
+an old one (``--overwrite``) is written into a staging folder until its first step is done.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ RUN_FILES = ("config.yaml", "baseline.json", TRAJECTORY, "metrics.jsonl", "resul
 TB_DIR = "tb"
 CHECKPOINT_PREFIX = "checkpoint-"
 _CHECKPOINT_TEMP = ".checkpoint-"
+_STAGING = ".staging-"
 # Test hook: SIGKILL this process halfway through writing the checkpoint of this step (the
 # kill/resume test uses it to hit the checkpoint write at a known instant).
 KILL_IN_CHECKPOINT = "ZOTUNE_TEST_KILL_IN_CHECKPOINT"
@@ -79,7 +81,7 @@ def _fsync(path: Path) -> None:
 
 def is_stale_temp(name: str) -> bool:
     """A temporary file or folder that a killed write left behind."""
-    if name.startswith(_CHECKPOINT_TEMP) and name.endswith(".tmp"):
+    if name.startswith((_CHECKPOINT_TEMP, _STAGING)) and name.endswith(".tmp"):
         return True
     return name.endswith(".tmp") and any(name.startswith(f".{f}.") for f in RUN_FILES)
 
@@ -115,10 +117,11 @@ def sweep_temps(out: Path) -> None:
 
 
 def open_run_dir(out: Path, overwrite: bool) -> Path:
-    """Create (or, with ``overwrite``, empty) the run folder; call it only once the model and the
-    optimizer are built, so that a run failing on bad input never touches an old run.
-
-    Only zotune's own files are removed, never anything else a user put there.
+    """Create the run folder and return the folder to write the new run into: ``out`` itself, or,
+    when ``overwrite`` meets an old run there, a staging folder inside it that ``replace_old_run``
+    swaps in once the new run has completed its first step. So the old run survives anything that
+    goes wrong before that (a crash, a kill, a bad batch, Ctrl-C during the baseline evaluation).
+    Call it only once the model and the optimizer are built.
     """
     check_out_dir(out, overwrite)
     try:
@@ -126,13 +129,24 @@ def open_run_dir(out: Path, overwrite: bool) -> Path:
     except OSError as e:
         raise ValueError(f"cannot create run folder {out} ({e.strerror}); choose a writable --out") from None
     sweep_temps(out)
-    if overwrite:
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / TB_DIR, ignore_errors=True)
-        for ckpt in out.glob(CHECKPOINT_PREFIX + "*"):
-            shutil.rmtree(ckpt, ignore_errors=True)
+    if overwrite and any(out.iterdir()):
+        staging = Path(tempfile.mkdtemp(prefix=_STAGING, suffix=".tmp", dir=out))
+        os.chmod(staging, 0o777 & ~_umask())
+        return staging
     return out
+
+
+def replace_old_run(out: Path, staging: Path) -> None:
+    """Remove the old run's own files from ``out`` (never anything else a user put there) and move
+    the new run's files from ``staging`` into it. Open files keep working: a rename keeps the inode."""
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / TB_DIR, ignore_errors=True)
+    for ckpt in out.glob(CHECKPOINT_PREFIX + "*"):
+        shutil.rmtree(ckpt, ignore_errors=True)
+    for p in staging.iterdir():
+        os.replace(p, out / p.name)
+    staging.rmdir()
 
 
 # --------------------------------------------------------------------------- weights

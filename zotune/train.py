@@ -20,6 +20,7 @@ import os
 import random
 import re
 import resource
+import shutil
 import signal
 import sys
 import threading
@@ -38,7 +39,8 @@ from zotune.tasks import Task, encode, evaluate, get_task, loss_fn, looks_like_d
 from zotune.tasks.encoding import model_context
 from zotune.tasks.icl import draw_demonstrations, evaluate_in_context, shots_summary
 from zotune.run_folder import (MetricsLog, atomic_write, check_out_dir, latest_checkpoint, load_weights, open_run_dir,
-                               read_metrics_until, save_checkpoint, save_weights, sweep_temps, write_json)
+                               read_metrics_until, replace_old_run, save_checkpoint, save_weights, sweep_temps,
+                               write_json)
 from zotune.trajectory import FILE_NAME as TRAJECTORY
 from zotune.trajectory import (StepRecord, TrajectoryError, TrajectoryWriter, make_header, play, read_trajectory,
                                weights_hash)
@@ -289,15 +291,22 @@ def train(config: TrainConfig, overwrite: bool = False, progress: bool = True) -
     """
     s = prepare(config, None, overwrite, time.perf_counter())
     # Everything the run needs now exists: only from here on may the run folder change.
-    open_run_dir(s.out, overwrite)
-    atomic_write(s.out / "config.yaml", lambda p: save_config(s.config, p))
-    n_train = sum(p.numel() for _, p in s.named)
-    _log(f"{s.config.optimizer} ({'zeroth' if s.zeroth_order else 'first'}-order) on "
-         f"{n_train:,} trainable parameters in {len(s.named)} tensors -> {s.out}")
-    header = make_header(trajectory_config(s.config), weights_hash(s.named), s.named, s.device.type)
-    writer = TrajectoryWriter(s.out / TRAJECTORY, header)
-    base = run_baseline(s)
-    return run_loop(s, Progress(), writer, base, progress)
+    out = s.out
+    s.out = open_run_dir(out, overwrite)  # a staging folder while an old run is still there
+    swap = (s.out, out) if s.out != out else None
+    try:
+        atomic_write(s.out / "config.yaml", lambda p: save_config(s.config, p))
+        n_train = sum(p.numel() for _, p in s.named)
+        _log(f"{s.config.optimizer} ({'zeroth' if s.zeroth_order else 'first'}-order) on "
+             f"{n_train:,} trainable parameters in {len(s.named)} tensors -> {out}")
+        header = make_header(trajectory_config(s.config), weights_hash(s.named), s.named, s.device.type)
+        writer = TrajectoryWriter(s.out / TRAJECTORY, header)
+        base = run_baseline(s)
+    except BaseException:
+        if swap:
+            shutil.rmtree(swap[0], ignore_errors=True)
+        raise
+    return run_loop(s, Progress(), writer, base, progress, swap=swap)
 
 
 def trajectory_config(config: TrainConfig) -> dict:
@@ -433,8 +442,9 @@ def probe_forward(s: Session) -> None:
 
 
 def run_loop(s: Session, prog: Progress, writer: TrajectoryWriter, base: dict, progress: bool,
-             redo_record: bool = False) -> dict:
-    """Train from ``prog.step`` to ``config.steps``; then finish (weights, test, results)."""
+             redo_record: bool = False, swap: tuple[Path, Path] | None = None) -> dict:
+    """Train from ``prog.step`` to ``config.steps``; then finish (weights, test, results).
+    ``swap``: (staging folder, run folder) of a run replacing an old one, swapped in after step 1."""
     from tqdm.auto import tqdm
 
     config, opt = s.config, s.opt
@@ -461,6 +471,14 @@ def run_loop(s: Session, prog: Progress, writer: TrajectoryWriter, base: dict, p
             bar.write(f"step {step}: loss {prog.last_loss:.4f}, dev {s.task.metric} {prog.last_dev:.4f}")
         if record is not None:
             log.write(record)
+
+    def swap_in() -> None:
+        """Move the staged new run into the run folder, replacing the old run's files."""
+        nonlocal swap, log
+        log.close()  # TensorBoard reopens its file by path: reopen both after the move
+        replace_old_run(swap[1], swap[0])
+        s.out, swap = swap[1], None
+        log = MetricsLog(s.out)
 
     def checkpoint(step: int, weights_file: Path | None = None) -> None:
         loop = {k: getattr(prog, k) for k in ("step", "forward_passes", "best_dev", "best_step", "last_dev", "skipped")}
@@ -497,6 +515,8 @@ def run_loop(s: Session, prog: Progress, writer: TrajectoryWriter, base: dict, p
                     if s.zeroth_order:
                         opt.skip_step()
                     writer.append(StepRecord(step, seed, (), counter[0] - calls, skipped=True))
+                    if swap:
+                        swap_in()
                     prog.step, prog.skipped, prog.skips_in_row = step, prog.skipped + 1, prog.skips_in_row + 1
                     log.write({"step": step, "skipped": True, "reason": str(err).split(":")[0]})
                     _log(f"step {step} skipped: {err}")
@@ -512,6 +532,8 @@ def run_loop(s: Session, prog: Progress, writer: TrajectoryWriter, base: dict, p
                     break
                 values = tuple(opt.engine.tape.take()) if s.zeroth_order else (loss_val,)
                 writer.append(StepRecord(step, seed, values, counter[0] - calls))
+                if swap:  # the new run has started training: only now may it replace the old one
+                    swap_in()
                 prog.step, prog.last_loss, prog.skips_in_row, good_batch = step, loss_val, 0, batch
                 prog.forward_passes = counter[0]
                 bar.update(1)
@@ -527,7 +549,14 @@ def run_loop(s: Session, prog: Progress, writer: TrajectoryWriter, base: dict, p
         bar.close()
         log.close()
         writer.close()
+        if swap:  # stopped before its first step: the old run stays as it was
+            shutil.rmtree(swap[0], ignore_errors=True)
     prog.train_time_s = time.perf_counter() - t_loop
+    if interrupted is not None and swap:
+        name = signal.Signals(interrupted).name
+        _log(f"{name} before the first step: nothing was trained, and the old run in {swap[1]} is unchanged")
+        return {"out": str(swap[1]), "steps": 0, "interrupted": name, "exit_code": 128 + interrupted,
+                "resumable": False}
     if interrupted is not None:
         name = signal.Signals(interrupted).name
         _log(f"{name}: stopped after step {prog.step} with a checkpoint; continue with "
