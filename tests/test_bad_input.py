@@ -109,8 +109,9 @@ def test_unknown_command(capsys):
     (["--autocast", "fp16"], "autocast must be 'bf16', 'none' or None, got 'fp16'"),
     (["--device", "gpu"], "unknown device 'gpu'; use auto, cpu, cuda or cuda:N"),
     (["--icl-shots", "-1"], "--icl-shots must be >= 0 (got -1)"),
-    (["--max-length", "2"], "max_length (--max-length) must be >= 8 tokens (got 2)"),
-    (["--batch-size", "0"], "batch_size (--batch-size) must be >= 1 (got 0)"),
+    (["--max-length", "2"], "--max-length must be >= 8 tokens (got 2)"),
+    (["--batch-size", "0"], "--batch-size must be >= 1 (got 0)"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1 (got 0)"),
     (["--split", "validation"], "task 'sst2' has no split 'validation'; choose one of train, dev, test"),
     (["--task", "nope"], "unknown task 'nope'"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
@@ -138,6 +139,10 @@ def test_eval_refuses_bad_options(capsys, args, phrase):
     (["--steps", "2.5"], "config field 'steps' must be int, got str '2.5'"),
     (["--lr", "fast"], "config field 'lr' must be float or null, got str 'fast'"),
     (["--optimizer", "sgd", "--eps", "1e-3"], "eps is the perturbation scale of zeroth-order optimizers"),
+    (["--eps", "-1e-3"], "eps must be > 0 (got -0.001)"),  # a negative exponent number is a value, not a flag
+    (["--optimizer", "adamw", "--noise", "gaussian"], "noise is the direction distribution of zeroth-order"),
+    (["--save-every", "-1"], "save_every must be >= 0 (got -1)"),
+    (["--max-skips", "-2"], "max_skips must be >= 0 (got -2)"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_numbers_out_of_range(tmp_path, capsys, args, phrase):
     _refused_train(capsys, tmp_path, *args, phrases=[phrase])

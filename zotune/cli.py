@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -24,7 +25,13 @@ EXIT_NONFINITE = 1
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but usage errors raise so that main() reports every error the same way."""
+    """argparse, but usage errors raise so that main() reports every error the same way, and
+    negative numbers in exponent form (``--eps -1e-3``) are values, not flags, so that they reach
+    the range checks and get their message."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
     def error(self, message):
         raise ValueError(f"{self.prog}: {message}")

@@ -31,12 +31,13 @@ from typing import Any
 
 import torch
 
-from zotune.config import TrainConfig, load_config, merge, save_config, validate
+from zotune.config import DEFAULT_NOISE, TrainConfig, load_config, merge, save_config, validate
 from zotune.errors import TrainingFailure
 from zotune.optim import (OPTIMIZERS, NonFiniteLossError, NonFiniteUpdateError, build_optimizer, check_args,
                            is_zeroth_order)
 from zotune.tasks import Task, encode, evaluate, get_task, loss_fn, looks_like_data
 from zotune.tasks.encoding import model_context
+from zotune.tasks.evaluation import MIN_LENGTH
 from zotune.tasks.icl import draw_demonstrations, evaluate_in_context, shots_summary
 from zotune.run_folder import (MetricsLog, atomic_write, check_out_dir, latest_checkpoint, load_weights, open_run_dir,
                                read_metrics_until, replace_old_run, save_checkpoint, save_weights, sweep_temps,
@@ -70,7 +71,7 @@ def optimizer_hparams(config: TrainConfig) -> dict[str, Any]:
     such arguments, and AdamW's own ``eps`` means something else). None values: method defaults."""
     hp: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay}
     if OPTIMIZERS[config.optimizer][2]:  # zeroth-order
-        hp.update(eps=config.eps, seed=config.seed, noise=config.noise)
+        hp.update(eps=config.eps, seed=config.seed, noise=config.noise or DEFAULT_NOISE)
     hp.update(config.optimizer_kwargs)
     return hp
 
@@ -691,9 +692,16 @@ def evaluate_run(run: str | Path | None = None, model: str | None = None, task: 
     dev = resolve_device(device or cfg.device)
     if icl_shots < 0:
         raise ValueError(f"--icl-shots must be >= 0 (got {icl_shots}); MeZO's ICL baseline uses 32")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1 (got {max_new_tokens}); omit it for the run's or task's budget")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1 (got {batch_size}); evaluation uses 32 by default")
+    if max_length is not None and max_length < MIN_LENGTH:
+        raise ValueError(f"--max-length must be >= {MIN_LENGTH} tokens (got {max_length}); omit it for the run's "
+                         "or the model's context length")
     spec = task_spec if task_spec is not None else (cfg.task_spec if task is None else None)
     t = get_task(task_name, spec=spec)
-    budget = max_new_tokens or cfg.max_new_tokens
+    budget = max_new_tokens if max_new_tokens is not None else cfg.max_new_tokens
     if budget is not None:
         t.max_new_tokens = budget
     t.check_split(split)
