@@ -142,3 +142,25 @@ def test_metrics_lines_are_strict_json():
         raise ValueError(f"bare {token} in JSON")
 
     assert json.loads(line, parse_constant=refuse) == {"step": 3, "loss": None, "lr": None, "dev_accuracy": 0.5}
+
+
+def test_a_half_precision_update_that_would_overflow_is_refused_before_writing():
+    """fp16 holds at most 65504: an update past it would write inf. The write pass refuses it."""
+    from zotune.optim import MeZO
+    from zotune.passes import WeightOverflowError
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4, 1, bias=False).half()
+    with torch.no_grad():
+        layer.weight.fill_(65000.0)
+    before = layer.weight.detach().clone()
+    calls = [0]
+
+    def closure():  # a loss whose slope along any direction is huge, so lr·g overflows the weights
+        calls[0] += 1
+        return torch.tensor(1e6 * calls[0] * (-1) ** calls[0])
+
+    opt = MeZO(layer.parameters(), lr=1.0, eps=1e-3, noise="rademacher")
+    with pytest.raises(WeightOverflowError, match="overflow"):
+        opt.step(closure)
+    assert torch.equal(layer.weight, before) and bool(torch.isfinite(layer.weight).all())

@@ -259,3 +259,29 @@ def test_resume_flags_are_checked(tmp_path, capsys):
     assert "drop --config/--overwrite" in capsys.readouterr().err
     assert main(["train", "--resume", str(run), "--steps", "1"]) == 2
     assert "already finished" in capsys.readouterr().err
+
+
+def test_a_refused_update_in_mid_step_keeps_exactly_the_last_recorded_step(tmp_path, capsys, monkeypatch):
+    """A write refused after other parameters of the step were written leaves a mix of two steps
+    in memory; the run rebuilds the last recorded step from its checkpoint and trajectory."""
+    from zotune.engine import Engine, NonFiniteUpdateError
+
+    args = ("--optimizer", "mezo", "--lr", "1e-2", "--save-every", "2")
+    ref = tmp_path / "ref"
+    assert _train(ref, *args, "--steps", "3") == 0
+    real, writes = Engine.write_along, [0]
+
+    def refuse_in_step_4(self, e, *a, **k):
+        if self.clock().index == 3:  # 0-based: the fourth step
+            writes[0] += 1
+            if writes[0] == 3:  # two parameters of the step are already written
+                raise NonFiniteUpdateError("refused (test)")
+        return real(self, e, *a, **k)
+
+    monkeypatch.setattr(Engine, "write_along", refuse_in_step_4)
+    run = tmp_path / "run"
+    assert _train(run, *args, "--steps", "6") == 1
+    assert "rebuilt from the checkpoint and the trajectory" in capsys.readouterr().err
+    res = json.loads((run / "results.json").read_text())
+    assert res["weights_step"] == 3 and res["stopped"].startswith("non-finite update at step 4")
+    assert _same_weights(ref / "model.safetensors", run / "model.safetensors")

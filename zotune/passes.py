@@ -20,6 +20,10 @@ import torch
 
 from zotune.rng import ROUNDING, CounterRNG
 
+class WeightOverflowError(FloatingPointError):
+    """A half-precision update whose result is beyond the dtype's range (it would be written as inf)."""
+
+
 def _chunks(numel: int, chunk: int):
     for start in range(0, numel, chunk):
         yield start, min(start + chunk, numel)
@@ -78,6 +82,10 @@ def update_(
         if decay != 1.0:
             x.mul_(decay)
         x.add_(d)
+        if not bool(torch.isfinite(x).all()) or bool((x.abs() > torch.finfo(flat.dtype).max).any()):
+            raise WeightOverflowError(
+                f"an update would overflow {flat.dtype} weights (|θ| > {torch.finfo(flat.dtype).max:g}) at elements "
+                f"[{a}, {b}); the chunk was not written. Lower the learning rate, or train in fp32")
         if rounding is None:
             flat[a:b].copy_(x)
         else:

@@ -527,7 +527,7 @@ def run_loop(s: Session, prog: Progress, writer: TrajectoryWriter, base: dict, p
                                    f"--max-skips {config.max_skips})")
                         break
                     continue
-                except NonFiniteUpdateError as err:
+                except FloatingPointError as err:  # NonFiniteUpdateError, a half-precision overflow
                     stopped = f"non-finite update at step {step}"
                     _log(str(err))
                     break
@@ -574,6 +574,9 @@ def finish(s: Session, prog: Progress, base: dict, stopped: str | None, good_bat
     """Save the final weights (and the final checkpoint), measure the test score, write results.json."""
     config, out = s.config, s.out
     weights_step = prog.step - (prog.skips_in_row if stopped else 0)
+    if stopped is not None and "update" in stopped and weights_step > 0 and rebuild_weights(s, weights_step):
+        # a refused update may have written part of its step: put back exactly the last recorded step
+        _log(f"the weights after step {weights_step} were rebuilt from the checkpoint and the trajectory")
     if stopped is not None and weights_step > 0 and good_batch is not None:
         broken = weights_broken(s.model, s.named, good_batch, s.device, config.autocast)
         if broken:
@@ -629,6 +632,26 @@ def finish(s: Session, prog: Progress, base: dict, stopped: str | None, good_bat
     }
     write_json(out / "results.json", results)
     return results
+
+
+def rebuild_weights(s: Session, step: int) -> bool:
+    """Put back the weights after ``step`` from the latest checkpoint at or before it and the
+    trajectory (a failed update may have written part of a step). False where the method's steps
+    cannot be played back (first-order, HybridZO)."""
+    if not (s.zeroth_order and s.opt.replayable):
+        return False
+    traj = read_trajectory(s.out)
+    opt = build_optimizer(s.config.optimizer, s.named, **optimizer_hparams(s.config))
+    ckpt = latest_checkpoint(s.out, step)
+    if ckpt is not None:
+        load_weights(s.model, ckpt.weights)
+        opt.load_state_dict(torch.load(ckpt.optimizer, map_location=s.device, weights_only=True))
+    else:
+        restore_base_weights(s.config, s.named)
+    opt.engine.probe_layout(lambda: probe_forward(s))
+    for record in traj.records[ckpt.step if ckpt else 0:step]:
+        play(opt, record)
+    return True
 
 
 def weights_broken(model, named, batch, device, autocast) -> str | None:
