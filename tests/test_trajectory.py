@@ -285,3 +285,11 @@ def test_a_refused_update_in_mid_step_keeps_exactly_the_last_recorded_step(tmp_p
     res = json.loads((run / "results.json").read_text())
     assert res["weights_step"] == 3 and res["stopped"].startswith("non-finite update at step 4")
     assert _same_weights(ref / "model.safetensors", run / "model.safetensors")
+
+
+def test_replay_steps_beyond_the_trajectory_are_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train(run, "--optimizer", "mezo", "--lr", "1e-3", "--steps", "2") == 0
+    capsys.readouterr()
+    assert main(["replay", "--trajectory", str(run), "--steps", "3", "--out", str(tmp_path / "r")]) == 2
+    assert "--steps must be between 0 and 2" in capsys.readouterr().err and not (tmp_path / "r").exists()
