@@ -293,3 +293,16 @@ def test_replay_steps_beyond_the_trajectory_are_refused(tmp_path, capsys):
     capsys.readouterr()
     assert main(["replay", "--trajectory", str(run), "--steps", "3", "--out", str(tmp_path / "r")]) == 2
     assert "--steps must be between 0 and 2" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("method", sorted(OPTIMIZERS))
+def test_resume_from_a_checkpoint_restores_every_methods_state(tmp_path, method):
+    """A run continued from its final checkpoint (weights + optimizer state: momentum, moments,
+    radii, counters) ends where a run of the full length ends, bit for bit, for every optimizer."""
+    lr = [] if method == "adanaged" else ["--lr", "1e-3"]
+    full = tmp_path / "full"
+    assert _train(full, "--optimizer", method, *lr, "--steps", "5") == 0
+    run = tmp_path / "run"
+    assert _train(run, "--optimizer", method, *lr, "--steps", "3") == 0
+    assert main(["train", "--resume", str(run), "--steps", "5", "--no-progress"]) == 0
+    assert _same_weights(full / "model.safetensors", run / "model.safetensors")
