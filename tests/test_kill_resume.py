@@ -257,26 +257,43 @@ def test_a_signal_during_training_checkpoints_and_exits_resumably(tmp_path, refe
     _assert_same_as_reference(run, reference("mezo", STEPS), STEPS)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: train() writes config.yaml before the trajectory header is on disk, so "
-                                       "a kill in between (weights_hash of the whole model: seconds on a real model) "
-                                       "leaves a run that `--resume` refuses and a restart refuses too")
 @pytest.mark.parametrize("trajectory", ["missing", "empty", "torn header"])
-def test_a_run_killed_between_its_config_and_its_trajectory_header_resumes(tmp_path, capsys, trajectory):
-    """The folder a kill leaves after ``config.yaml`` and before (or while) the trajectory's header is
-    written: resuming it must train from step 0 to the uninterrupted run's weights. In-process
-    (this state cannot be hit on purpose in a subprocess; the window is a few ms on the tiny model)."""
+def test_a_run_killed_before_its_first_step_starts_again_with_the_same_command(tmp_path, capsys, trajectory):
+    """A new run is written into a staging folder inside its run folder until its first step is on
+    disk. A kill before that (during the model hash, the trajectory header, the baseline) leaves only
+    that staging folder: there is nothing to resume, and the same command starts the run again
+    without --overwrite. In-process: the folder is built as the kill would leave it."""
     from zotune.cli import main
 
     ref = tmp_path / "ref"
     assert main(_train_args("mezo", 8, str(ref))) == 0
     run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.yaml").write_bytes((ref / "config.yaml").read_bytes())
+    staging = run / ".staging-killed.tmp"
+    staging.mkdir(parents=True)
+    (staging / "config.yaml").write_bytes((ref / "config.yaml").read_bytes())
     if trajectory == "empty":
-        (run / FILE_NAME).write_bytes(b"")
+        (staging / FILE_NAME).write_bytes(b"")
     elif trajectory == "torn header":
-        (run / FILE_NAME).write_bytes((ref / FILE_NAME).read_bytes()[:read_trajectory(ref).ends[0] // 2])
+        (staging / FILE_NAME).write_bytes((ref / FILE_NAME).read_bytes()[:read_trajectory(ref).ends[0] // 2])
     capsys.readouterr()
-    assert main(["train", "--resume", str(run), "--no-progress"]) == 0, capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    assert "stopped before its first step" in capsys.readouterr().err
+    assert main(_train_args("mezo", 8, str(run))) == 0, capsys.readouterr().err
     assert not _same_weights(run / "model.safetensors", ref / "model.safetensors")
-    assert _step_records(run) == _step_records(ref)
+    assert _step_records(run) == _step_records(ref) and not _stale(run)
+
+
+def test_a_move_into_the_run_folder_cut_short_is_finished(tmp_path, capsys):
+    """The staged run is moved in with config.yaml last; a kill between leaves the rest in place and
+    config.yaml in the staging folder. The next resume finishes the move."""
+    from zotune.cli import main
+
+    run = tmp_path / "run"
+    assert main(_train_args("mezo", 4, str(run))) == 0
+    staging = run / ".staging-cut.tmp"
+    staging.mkdir()
+    (run / "config.yaml").rename(staging / "config.yaml")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    assert "already finished its 4 steps" in capsys.readouterr().err  # a run again, not "nothing to resume"
+    assert (run / "config.yaml").is_file() and not _stale(run)

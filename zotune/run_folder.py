@@ -13,8 +13,9 @@ Files (``docs/reliability.md`` says what each guarantees):
 
 Every file is written through a temporary file in the same folder and renamed (a checkpoint
 through a temporary folder), so readers and a killed process never see a half-written one; the
-temporaries a killed write leaves are swept by the next run into the folder. A run that replaces
-an old one (``--overwrite``) is written into a staging folder until its first step is done.
+temporaries a killed write leaves are swept by the next run into the folder. A new run is
+written into a staging folder inside the run folder until its first step is done, so a folder
+with a ``config.yaml`` always holds a run that can be resumed.
 """
 
 from __future__ import annotations
@@ -109,19 +110,12 @@ def check_out_dir(out: str | Path, overwrite: bool) -> Path:
     return out
 
 
-def sweep_temps(out: Path) -> None:
-    """Remove what killed writes left in ``out`` (temp files, half-made checkpoint folders)."""
-    for p in out.iterdir():
-        if is_stale_temp(p.name):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-
-
 def open_run_dir(out: Path, overwrite: bool) -> Path:
-    """Create the run folder and return the folder to write the new run into: ``out`` itself, or,
-    when ``overwrite`` meets an old run there, a staging folder inside it that ``replace_old_run``
-    swaps in once the new run has completed its first step. So the old run survives anything that
-    goes wrong before that (a crash, a kill, a bad batch, Ctrl-C during the baseline evaluation).
-    Call it only once the model and the optimizer are built.
+    """Create the run folder and return the staging folder inside it that the new run is written
+    into; ``replace_old_run`` moves it into place once the run has completed its first step. So a
+    folder holds a run (a ``config.yaml``) only once there is something to resume, and an old run
+    (``overwrite``) survives anything that goes wrong before that (a crash, a kill, a bad batch,
+    Ctrl-C during the baseline evaluation). Call it only once the model and optimizer are built.
     """
     check_out_dir(out, overwrite)
     try:
@@ -129,24 +123,51 @@ def open_run_dir(out: Path, overwrite: bool) -> Path:
     except OSError as e:
         raise ValueError(f"cannot create run folder {out} ({e.strerror}); choose a writable --out") from None
     sweep_temps(out)
-    if overwrite and any(out.iterdir()):
-        staging = Path(tempfile.mkdtemp(prefix=_STAGING, suffix=".tmp", dir=out))
-        os.chmod(staging, 0o777 & ~_umask())
-        return staging
-    return out
+    staging = Path(tempfile.mkdtemp(prefix=_STAGING, suffix=".tmp", dir=out))
+    os.chmod(staging, 0o777 & ~_umask())
+    return staging
 
 
 def replace_old_run(out: Path, staging: Path) -> None:
-    """Remove the old run's own files from ``out`` (never anything else a user put there) and move
-    the new run's files from ``staging`` into it. Open files keep working: a rename keeps the inode."""
+    """Remove an old run's own files from ``out`` (never anything else a user put there) and move
+    the new run's files from ``staging`` into it, ``config.yaml`` last: a folder with a config.yaml
+    holds a whole run. Open files keep working (a rename keeps the inode)."""
     for name in RUN_FILES:
         (out / name).unlink(missing_ok=True)
     shutil.rmtree(out / TB_DIR, ignore_errors=True)
     for ckpt in out.glob(CHECKPOINT_PREFIX + "*"):
         shutil.rmtree(ckpt, ignore_errors=True)
-    for p in staging.iterdir():
+    _move_in(out, staging)
+
+
+def _move_in(out: Path, staging: Path) -> None:
+    for p in sorted(staging.iterdir(), key=lambda p: p.name == "config.yaml"):
         os.replace(p, out / p.name)
     staging.rmdir()
+
+
+def finish_cut_move(out: Path) -> None:
+    """Finish a move of a staged run into ``out`` that a kill cut short (its trajectory already
+    moved, its config.yaml not yet): the run had completed its first step."""
+    for p in out.iterdir():
+        if (p.name.startswith(_STAGING) and p.is_dir() and (p / "config.yaml").is_file()
+                and not (p / TRAJECTORY).exists() and (out / TRAJECTORY).is_file()):
+            _move_in(out, p)
+
+
+def sweep_temps(out: Path) -> None:
+    """Remove what killed writes left in ``out`` (temp files, half-made checkpoint folders, the
+    staging folder of a run killed before its first step), after finishing a cut move."""
+    finish_cut_move(out)
+    for p in out.iterdir():
+        if is_stale_temp(p.name):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def unstarted_run(out: Path) -> bool:
+    """Whether ``out`` holds only the staging folder of a run killed before its first step."""
+    return out.is_dir() and not (out / "config.yaml").exists() and any(
+        p.name.startswith(_STAGING) for p in out.iterdir())
 
 
 # --------------------------------------------------------------------------- weights

@@ -40,8 +40,8 @@ from zotune.tasks.encoding import model_context
 from zotune.tasks.evaluation import MIN_LENGTH
 from zotune.tasks.icl import draw_demonstrations, evaluate_in_context, shots_summary
 from zotune.run_folder import (MetricsLog, atomic_write, check_out_dir, latest_checkpoint, load_weights, open_run_dir,
-                               read_metrics_until, replace_old_run, save_checkpoint, save_weights, sweep_temps,
-                               write_json)
+                               finish_cut_move, read_metrics_until, replace_old_run, save_checkpoint, save_weights, sweep_temps,
+                               unstarted_run, write_json)
 from zotune.trajectory import FILE_NAME as TRAJECTORY
 from zotune.trajectory import (StepRecord, TrajectoryError, TrajectoryWriter, make_header, play, read_trajectory,
                                weights_hash)
@@ -293,8 +293,8 @@ def train(config: TrainConfig, overwrite: bool = False, progress: bool = True) -
     s = prepare(config, None, overwrite, time.perf_counter())
     # Everything the run needs now exists: only from here on may the run folder change.
     out = s.out
-    s.out = open_run_dir(out, overwrite)  # a staging folder while an old run is still there
-    swap = (s.out, out) if s.out != out else None
+    s.out = open_run_dir(out, overwrite)  # a staging folder until the first step is on disk
+    swap = (s.out, out)
     try:
         atomic_write(s.out / "config.yaml", lambda p: save_config(s.config, p))
         n_train = sum(p.numel() for _, p in s.named)
@@ -340,6 +340,11 @@ def resume(run: str | Path, changes: dict | None = None, progress: bool = True) 
     (e.g. more ``steps``); any other field must equal the run's own."""
     t_start = time.perf_counter()
     out = Path(run)
+    if out.is_dir():
+        finish_cut_move(out)
+    if unstarted_run(out):
+        raise ValueError(f"the run in {out} was stopped before its first step, so there is nothing to resume; "
+                         "start it again with the same command")
     if not (out / "config.yaml").is_file():
         raise FileNotFoundError(f"{out} is not a zotune run folder (no config.yaml); give the --out of a run")
     config = load_config(out / "config.yaml")
@@ -555,7 +560,7 @@ def run_loop(s: Session, prog: Progress, writer: TrajectoryWriter, base: dict, p
     prog.train_time_s = time.perf_counter() - t_loop
     if interrupted is not None and swap:
         name = signal.Signals(interrupted).name
-        _log(f"{name} before the first step: nothing was trained, and the old run in {swap[1]} is unchanged")
+        _log(f"{name} before the first step: nothing was trained, and {swap[1]} is as it was")
         return {"out": str(swap[1]), "steps": 0, "interrupted": name, "exit_code": 128 + interrupted,
                 "resumable": False}
     if interrupted is not None:
