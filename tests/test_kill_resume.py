@@ -157,12 +157,8 @@ def _assert_same_as_reference(run: Path, ref: Path, steps: int) -> None:
 
 # Seeds fixed per method so a failure replays the same kill schedule (timing still varies a little).
 # Each method takes ~45 s on a 2-core machine (14 subprocesses, each ~3.5 s of imports and model
-# load): MeZO runs in the default suite, the momentum method and MeZO-GV with `pytest -m slow`.
-@pytest.mark.parametrize("method, seed", [
-    ("mezo", 1),
-    pytest.param("zo-sgd-momentum", 2, marks=pytest.mark.slow),
-    pytest.param("mezo-gv", 3, marks=pytest.mark.slow),
-])
+# load); all three run in the default suite, as the issue asks of CI.
+@pytest.mark.parametrize("method, seed", [("mezo", 1), ("zo-sgd-momentum", 2), ("mezo-gv", 3)])
 def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_weights(tmp_path, reference, method, seed):
     rng = random.Random(seed)
     run = tmp_path / "run"
