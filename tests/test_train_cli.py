@@ -168,13 +168,42 @@ def test_every_zo_method_trains_through_the_cli(tmp_path, name, capsys):
 
 def test_bench_prints_ratios_measured_in_one_run(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", "--model", "tiny-llama", "--steps", "1", "--warmup", "0", "--batch-size", "4",
-                 "--json", str(out)]) == 0
-    text = capsys.readouterr().out
+    assert main(["bench", "step", "--model", "tiny-llama", "--steps", "1", "--warmup", "0", "--batch", "4",
+                 "--seq", "16", "--methods", "mezo,zo-sgd-sign", "--json", str(out)]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     res = json.loads(out.read_text())
     phases = res["phases"]
-    assert set(phases) == {"forward", "zotune mezo (gaussian)", "zotune mezo (rademacher)", "textbook mezo",
-                           "first-order adamw"}
-    assert all(r["seconds"] > 0 for r in phases.values())
+    assert [x["phase"] for x in lines] == list(phases) == ["forward", "mezo", "zo-sgd-sign", "textbook mezo",
+                                                           "first-order adamw"]
+    assert all(r["ms"] > 0 for r in phases.values())
     assert phases["forward"]["x_forward"] == 1.0 and phases["textbook mezo"]["x_textbook_mezo"] == 1.0
-    assert "textbook mezo" in text and "× forward" in text
+    assert main(["bench", "--model", "tiny-llama", "--steps", "1", "--warmup", "0", "--batch", "2", "--seq", "8",
+                 "--table"]) == 0
+    assert "× forward" in capsys.readouterr().out
+    assert main(["bench", "--model", "tiny-llama", "--methods", "mezzo"]) == 2
+
+
+def test_bench_memory_runs_each_phase_in_its_own_process(capsys):
+    from zotune.bench import bench_step
+
+    res = bench_step("tiny-llama", batch_size=2, seq=8, steps=1, warmup=0, memory=True)
+    phases = res["phases"]
+    assert all(r["peak_kind"].startswith("max_rss") and r["peak_gib"] > 0 for r in phases.values())
+    assert phases["forward"]["x_inference_peak"] == 1.0
+    assert phases["first-order adamw"]["peak_gib"] >= phases["forward"]["peak_gib"]
+
+
+def test_bench_noise_times_every_source_against_the_copy_floor(capsys):
+    assert main(["bench", "noise", "--numel", "100000", "--steps", "1", "--warmup", "0"]) == 0
+    rows = {r["source"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert rows["copy (floor)"]["x_copy"] == 1.0
+    assert {"zotune gaussian", "zotune rademacher", "zotune uniform", "torch randn_ (global RNG)"} <= set(rows)
+    assert all(r["ns_per_element"] > 0 for r in rows.values())
+
+
+def test_random_architectures_have_their_published_sizes():
+    from zotune.architectures import random_model
+
+    model = random_model("opt-125m", dtype="bf16")
+    assert 125e6 < sum(p.numel() for p in model.parameters()) < 126e6  # OPT-125M: 125.2M with tied embeddings
+    assert next(model.parameters()).dtype == torch.bfloat16

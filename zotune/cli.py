@@ -124,19 +124,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="device (default: the device type the run was recorded on)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
 
-    p = sub.add_parser("bench", help="time a ZO step against a forward, textbook MeZO and AdamW",
-                       description="Time one step of each phase on one model and one real training batch of a "
-                                   "task, in one run, and print the ratios (see zotune/bench.py).")
-    p.add_argument("--model", default="smollm2", help="model spec (default: smollm2)")
-    p.add_argument("--task", default="sst2", help="task whose training batch is timed (default: sst2)")
+    p = sub.add_parser("bench", help="time a step (or a noise pass) against a forward, textbook MeZO and AdamW",
+                       description="`zotune bench step`: one step of each phase on one model and batch, in one run, "
+                                   "as JSON lines (--table for a table) with the ratios; `zotune bench noise`: one "
+                                   "pass of each noise source against the copy floor. See zotune/bench.py.")
+    p.add_argument("what", nargs="?", choices=("step", "noise"), default="step", help="what to time (default: step)")
+    p.add_argument("--model", default="smollm2", help="model spec, or a random architecture: opt-125m, opt-1.3b, "
+                                                      "opt-6.7b, opt-13b, llama-1b (default: smollm2)")
+    p.add_argument("--task", help="time a real training batch of this task (default: random tokens)")
     p.add_argument("--data-dir", help="benchmark data folder (default: $ZOTUNE_DATA)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--batch", "--batch-size", dest="batch", type=int, default=16)
+    p.add_argument("--seq", "--max-length", dest="seq", type=int, default=64, help="tokens per sequence (default 64)")
+    p.add_argument("--dtype", default="fp32", help="weight dtype: fp32, bf16, fp16 (default fp32)")
+    p.add_argument("--methods", default="mezo", help="comma-separated optimizers to time (default: mezo)")
+    p.add_argument("--noise", default="rademacher", help="ZO direction distribution (default rademacher)")
     p.add_argument("--steps", type=int, default=5, help="timed steps per phase; the median is reported")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default="auto")
     p.add_argument("--autocast", default="bf16", help="bf16 or none")
-    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--memory", action="store_true", help="on a CPU, measure each phase's peak RSS in its own process")
+    p.add_argument("--numel", type=int, default=1 << 24, help="bench noise: elements per pass (default 16M)")
+    p.add_argument("--table", action="store_true", help="print a table instead of JSON lines")
+    p.add_argument("--json", metavar="FILE", help="also write the whole result as one JSON file")
 
     p = sub.add_parser("plot", help="loss and dev-accuracy curves of runs",
                        description="Plot smoothed training loss and dev accuracy of one or more runs.")
@@ -310,13 +319,23 @@ def _cmd_plot(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from zotune.bench import bench_step, format_table
+    from zotune.bench import bench_noise, bench_step, format_noise, format_table
 
-    autocast = None if args.autocast.lower() == "none" else args.autocast
-    result = bench_step(args.model, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
-                        device=args.device, autocast=autocast, max_length=args.max_length, task=args.task,
-                        data_dir=args.data_dir)
-    print(format_table(result))
+    if args.what == "noise":
+        result = bench_noise(numel=args.numel, device=args.device, steps=args.steps, warmup=args.warmup)
+        rows, table = result["sources"], format_noise(result)
+    else:
+        autocast = None if args.autocast.lower() == "none" else args.autocast
+        methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+        result = bench_step(args.model, batch_size=args.batch, seq=args.seq, dtype=args.dtype, methods=methods,
+                            device=args.device, autocast=autocast, steps=args.steps, warmup=args.warmup,
+                            noise=args.noise, task=args.task, data_dir=args.data_dir, memory=args.memory)
+        rows, table = result["phases"], format_table(result)
+    if args.table:
+        print(table)
+    else:
+        for row in rows.values():
+            print(json.dumps(row))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return 0
