@@ -8,7 +8,9 @@ from torch.nn.modules import module as nn_module
 
 from zotune.optim import MeZO, NonFiniteLossError
 from zotune.passes import stochastic_round, update_
-from zotune.rng import SEGMENT, CounterRNG, mix, name_key
+from zotune.rng import CounterRNG, mix, name_key
+
+SEGMENT = 1 << 16  # a chunk size that straddles the Philox counter blocks and the old generator's segments
 from zotune.samplers import Sampler
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

@@ -1,10 +1,10 @@
-"""Behaviour preserved (issue 7): every golden case replays to the recorded weights, bit for bit.
+"""Behaviour pinned: every golden case replays to the recorded weights, bit for bit.
 
 The weights in ``tests/golden/golden_weights.pt`` were recorded (float64 forward, so the same on AVX2
-and AVX-512 CPUs) from the engine before the
-restructuring (commit 0cf51b7, ``tests/golden/make_golden.py``). A failure here means the
-current code computes a different update; if that change is a deliberate fix, say so in the
-closing note and regenerate the file from the fixed code (the generator's docstring).
+and AVX-512 CPUs) first from the engine before the issue-7 restructuring (commit 0cf51b7), then
+re-recorded when issue 9 changed the noise generator to Philox (``tests/golden/make_golden.py``).
+A failure here means the current code computes a different update; if that change is a deliberate
+fix, say so in the closing note and regenerate the file (the generator's docstring).
 """
 
 from __future__ import annotations

@@ -107,10 +107,12 @@ def _finite_file(path):
     return all(bool(torch.isfinite(t).all()) for t in load_file(str(path)).values())
 
 
-@pytest.mark.parametrize("optimizer", ["mezo", "sgd"])
-def test_diverged_run_stops_with_finite_weights_that_eval_accepts(tmp_path, capsys, optimizer):
+# Learning rates that diverge on the tiny model (a larger one can saturate the two-way softmax at
+# ln 2 and stop moving instead, depending on the directions drawn).
+@pytest.mark.parametrize("optimizer, lr", [("mezo", "1e10"), ("sgd", "1e38")])
+def test_diverged_run_stops_with_finite_weights_that_eval_accepts(tmp_path, capsys, optimizer, lr):
     out = tmp_path / optimizer
-    assert main(["train", *TINY, "--optimizer", optimizer, "--lr", "1e38", "--steps", "8", "--max-skips", "3",
+    assert main(["train", *TINY, "--optimizer", optimizer, "--lr", lr, "--steps", "8", "--max-skips", "3",
                  "--out", str(out)]) == 1
     err = capsys.readouterr().err
     res = json.loads((out / "results.json").read_text())

@@ -27,7 +27,9 @@ def factory(cls, lr, **fixed):
 METHODS = {
     "mezo-gv": (factory(MeZOGV, 1e-2), {"least_squares": (100, 1e-2, 0.1), "mlp": (100, 2e-2, 0.3)}, 0),
     "mezo-greedy": (factory(MeZOGreedy, 1e-2), {"least_squares": (100, 2e-2, 0.1), "mlp": (100, 2e-2, 0.35)}, 0),
-    "helene": (factory(HELENE, 1e-2), {"least_squares": (100, 0.1, 0.15), "mlp": (100, 1e-2, 0.4)}, 2),
+    # HELENE on the MLP: lr 5e-3 (0.25 × in 100 steps for seeds 0-3); at lr 1e-2 it reaches 0.34-0.55 ×
+    # for seeds 0-3 but diverges for seeds 4 and 5 (a stability question for the study, issue 14)
+    "helene": (factory(HELENE, 1e-2), {"least_squares": (100, 0.1, 0.15), "mlp": (100, 5e-3, 0.4)}, 2),
     # MLP: the output layer ("2.*") on FO, the hidden layer on ZO. The least-squares model has a
     # single tensor ("weight"), so there the hybrid degenerates to SGD (1 forward per step)
     "hybrid-zo": (factory(HybridZO, 1e-2, fo_params=r"^2\.|^weight$", fo_lr=0.1),

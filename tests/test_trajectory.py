@@ -245,7 +245,7 @@ def test_a_skipped_step_is_recorded_and_replayed(tmp_path, capsys, monkeypatch):
 
 def test_resume_refuses_a_run_stopped_on_non_finite_losses(tmp_path, capsys):
     run = tmp_path / "run"
-    assert _train(run, "--optimizer", "mezo", "--lr", "1e38", "--steps", "8", "--max-skips", "2") == 1
+    assert _train(run, "--optimizer", "mezo", "--lr", "1e10", "--steps", "8", "--max-skips", "2") == 1
     capsys.readouterr()
     assert main(["train", "--resume", str(run), "--steps", "9"]) == 2
     assert "cannot continue" in capsys.readouterr().err

@@ -7,11 +7,13 @@ is a deliberate fix. This file records them from the code as it was before the r
 Only the public API is used (``optimizer_class(name)(named_params, **kwargs)``, ``step(closure)``),
 so the cases survive a rewrite of the engine's internals.
 
-Regenerate (only on purpose; the recorded file is the pre-refactor engine at commit 0cf51b7):
+Regenerate only on purpose, from the code whose behaviour the file should pin, and say why in the
+commit. History: first recorded from the pre-refactor engine at 0cf51b7 (issue 7: the restructuring
+kept every method's weights bit for bit); re-recorded when issue 9 replaced the segmented
+Mersenne-Twister noise by Philox4x32-10 (a deliberate change of every draw; the update rules are
+unchanged, which tests/test_reference_twins.py shows step by step):
 
-    git worktree add /tmp/zotune-base 0cf51b7
-    PYTHONPATH=/tmp/zotune-base .venv/bin/python tests/golden/make_golden.py --expect-root /tmp/zotune-base
-    git worktree remove /tmp/zotune-base
+    OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python tests/golden/make_golden.py --expect-root .
 """
 
 from __future__ import annotations
