@@ -32,7 +32,7 @@ import torch
 
 from zotune.passes import perturbed_copy, update_
 from zotune.perturb import FunctionalPerturbation, Perturbed
-from zotune.rng import DIRECTION, CounterRNG, mix, name_key
+from zotune.rng import DIRECTION, ROUNDING, CounterRNG, mix, name_key, stream_key
 from zotune.tape import Tape
 
 # A direction: Σ weight·z(seed), as ((seed, weight), ...); a bare int seed means ((seed, 1.0),).
@@ -168,11 +168,14 @@ class Engine:
         master: returns the fp32 master copy of a parameter, or None (half-precision options).
         chunk_size: elements per pass chunk; bounds temporaries, never changes results.
         stochastic_rounding: unbiased rounding of half-precision writes.
+        kernels: "auto" (fused Triton kernels for CUDA tensors when triton is installed, the plain
+            chunked passes otherwise), "torch" (always the plain passes) or "triton" (always the
+            kernels; on a CPU only under TRITON_INTERPRET=1, which is for tests).
     """
 
     def __init__(self, params: list[Perturbed], sampler, *, clock: Callable[[], Step],
                  master: Callable[[torch.Tensor], torch.Tensor | None], chunk_size: int = 1 << 20,
-                 stochastic_rounding: bool = True):
+                 stochastic_rounding: bool = True, kernels: str = "auto"):
         self.params = params
         self.by_id = {id(e.param): e for e in params}
         self.sampler = sampler
@@ -183,6 +186,11 @@ class Engine:
         self.rng = CounterRNG()
         self.hold = InterruptHold()
         self.tape = Tape()  # the closure's values: recorded by a training run, played back by replay
+        if kernels not in KERNELS:
+            raise ValueError(f"kernels must be one of {', '.join(KERNELS)}, got {kernels!r}")
+        self.kernels = kernels
+        self._fused = None  # the Triton kernels module, once a parameter needs it
+        self.overflow: torch.Tensor | None = None  # set by fused half-precision writes, read once per step
         # learned from the first perturbed forward: tied parameters (several owner modules) and
         # parameters read outside their owner's forward (swapped through .data instead)
         self.layout_known = False
@@ -289,6 +297,9 @@ class Engine:
                 d = along(e)
                 if d is None:
                     return e.param if dtype is None else e.param.to(dtype)
+                fused = self.fused_terms(e, d)
+                if fused is not None:
+                    return self._fused.perturbed_copy(e.param, fused, scale, dtype, kind=self.sampler.kind)
                 return perturbed_copy(e.param, self.chunks(e, d), scale, self.chunk_size, dtype)
 
             pert = self.perturbation(make)
@@ -346,8 +357,51 @@ class Engine:
         A non-finite ``coef`` (e.g. lr·g overflowing) or direction weight is refused before writing."""
         weights = [w for _, w in as_direction(direction)]
         self.refuse_non_finite(e, decay, finite=all(math.isfinite(x) for x in (coef, *weights)))
+        fused = self.fused_terms(e, direction)
+        if fused is not None:
+            self.hold.hold()
+            half = e.param.dtype != torch.float32
+            rounding = (stream_key(self.clock().seed, e.key, ROUNDING)
+                        if half and self.stochastic_rounding and self.master(e.param) is None else None)
+            if half and self.overflow is None:
+                self.overflow = torch.zeros(1, dtype=torch.int32, device=e.param.device)
+            self._fused.update_(e.param, fused, coef, decay, rounding, kind=self.sampler.kind,
+                                master=self.master(e.param), overflow=self.overflow if half else None)
+            return
         chunks = self.chunks(e, direction)
         self._update(e, lambda a, b: chunks(a, b).mul_(coef), decay)
+
+    def fused_terms(self, e: Perturbed, direction: Direction) -> list[tuple[int, float]] | None:
+        """The (Philox key, weight) terms of ``direction`` for the fused kernels, or None where the
+        plain passes serve ``e``: kernels off for its device, a direction of more than
+        ``MAX_TERMS`` draws, or draws the sampler materialises (low-rank, sparse masks)."""
+        if self.kernels == "torch" or (self.kernels == "auto" and e.param.device.type != "cuda"):
+            return None
+        if self._fused is None:
+            self._fused = _triton_kernels(self.kernels == "triton")
+            if self._fused is None:
+                self.kernels = "torch"
+                return None
+        combo = as_direction(direction)
+        if len(combo) > self._fused.MAX_TERMS or not e.param.is_contiguous():
+            return None
+        t = self.clock()
+        if any(self.sampler.draw(e, seed, t) is not None for seed, _ in combo):
+            return None
+        return [(stream_key(seed, e.key, DIRECTION), w) for seed, w in combo]
+
+    def end_step(self) -> None:
+        """Raise NonFiniteUpdateError if a fused half-precision write of this step overflowed. A
+        kernel cannot refuse an element without a host synchronisation per parameter, so on the
+        fused path the check is one synchronisation per step, after the writes (the training loop
+        then rebuilds the last recorded step from its checkpoint and trajectory)."""
+        if self.overflow is not None:
+            bad = bool(self.overflow.item())
+            self.overflow = None
+            if bad:
+                raise NonFiniteUpdateError(
+                    f"a half-precision update overflowed at step {self.clock().index + 1} (fused kernels: the "
+                    "weights of this step were written). Lower the learning rate, or train in fp32")
 
     def refuse_non_finite(self, e: Perturbed, decay: float, finite: bool) -> None:
         """Raise NonFiniteUpdateError, before ``e`` is written, if its update is not finite. Only
@@ -365,6 +419,21 @@ class Engine:
         self.hold.hold()  # from the first write to the end of the step
         rounding = (self.rng, self.clock().seed, e.key) if self.stochastic_rounding else None
         update_(e.param, delta, self.chunk_size, decay, self.master(e.param), rounding)
+
+
+KERNELS = ("auto", "torch", "triton")
+
+
+def _triton_kernels(required: bool):
+    """zotune.kernels_triton, or None where triton is not installed (``required``: raise instead)."""
+    try:
+        from zotune import kernels_triton
+    except ImportError as err:
+        if required:
+            raise ValueError(f"kernels='triton' needs triton ({err}); pip install 'zotune[test]' or use "
+                             "kernels='torch'") from None
+        return None
+    return kernels_triton
 
 
 def collect_params(param_groups: Iterable[dict]) -> list[Perturbed]:

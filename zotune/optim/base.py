@@ -19,6 +19,9 @@ Engine options (every method takes them):
     noise: the noise kind of the draws, "gaussian" (N(0, I)) or "rademacher" (±1 entries).
     chunk_size: elements processed per pass chunk; bounds temporaries, never changes results.
     stochastic_rounding: unbiased rounding of half-precision updates (default on).
+    kernels: "auto" (fused Triton kernels for CUDA parameters when triton is installed), "torch"
+        (the plain chunked passes) or "triton" (the kernels everywhere; on a CPU only for tests,
+        under TRITON_INTERPRET=1). Same draws either way; see docs/performance.md.
     master_weights: keep an fp32 copy of half-precision parameters (4 bytes/element of state)
         and round it to nearest into the parameter after each update.
     num_directions: n of n-SPSA: average the estimate over n draws (for pool methods: n pools).
@@ -81,6 +84,7 @@ class ZOOptimizer(Optimizer):
         noise: str = "gaussian",
         chunk_size: int = 1 << 20,
         stochastic_rounding: bool = True,
+        kernels: str = "auto",
         master_weights: bool = False,
         num_directions: int = 1,
         query_schedule: tuple[float, float, int] | None = None,
@@ -104,7 +108,7 @@ class ZOOptimizer(Optimizer):
         params = collect_params(self.param_groups)
         self.sampler = make_sampler(sampler).bind(params, noise)
         self.engine = Engine(params, self.sampler, clock=self.current_step, master=self.master,
-                             chunk_size=chunk_size, stochastic_rounding=stochastic_rounding)
+                             chunk_size=chunk_size, stochastic_rounding=stochastic_rounding, kernels=kernels)
 
     # ----------------------------------------------------------------- the step being taken
     @property
@@ -173,6 +177,7 @@ class ZOOptimizer(Optimizer):
         self.zo_step += 1
 
     def finish_step(self, projected_grad: float) -> None:
+        self.engine.end_step()
         self.last_projected_grad = projected_grad
         self.zo_step += 1
 
