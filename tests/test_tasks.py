@@ -168,3 +168,22 @@ def test_evaluate(sst2, tiny):
     r1 = evaluate(model, tok, sst2, examples, batch_size=40, autocast="bf16")
     assert abs(r1["accuracy"] - r["accuracy"]) <= 0.1  # bf16 may flip near-ties only
     assert not model.training
+
+
+def test_forward_closure_autocasts_the_forward_and_trains():
+    """The quickstart's closure: bf16 matmuls (fp32 weights), the loss a MeZO step reads."""
+    import zotune
+    from zotune.models import load_model
+    from zotune.tasks import encode, forward_closure, get_task, loss_fn
+
+    model, tok = load_model("tiny-llama")
+    task = get_task("sst2")
+    batch = encode(task, tok, task.load("train")[:8], max_length=48)
+    fast, exact = forward_closure(model, batch)(), forward_closure(model, batch, autocast=None)()
+    assert fast.dtype == torch.float32 and torch.equal(exact, loss_fn(model, batch))
+    assert not torch.equal(fast, exact) and abs(fast.item() - exact.item()) < 0.05  # bf16 rounding only
+    opt = zotune.optim.MeZO(model.named_parameters(), lr=1e-3, eps=1e-3, noise="rademacher")
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.step(forward_closure(model, batch))
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    assert all(p.dtype == torch.float32 for p in model.parameters())

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .base import KINDS, ClassificationTask, Example, Task
-from .batches import OBJECTIVES, check_objective, encode, loss_fn
+from .batches import OBJECTIVES, check_objective, encode, forward_closure, loss_fn
 from .classification import candidate_logits
 from .evaluation import evaluate
 from .copa import COPATask
@@ -49,4 +49,4 @@ def get_task(name, spec=None) -> Task:
 
 
 __all__ = ["Example", "Task", "ClassificationTask", "KINDS", "OBJECTIVES", "TASKS", "get_task", "looks_like_data",
-           "encode", "loss_fn", "evaluate", "candidate_logits", "check_objective", "SST2Task"]
+           "encode", "loss_fn", "forward_closure", "evaluate", "candidate_logits", "check_objective", "SST2Task"]
