@@ -14,7 +14,8 @@ or a real training batch of ``--task``), one step of each phase:
 Each phase starts from the same weights and reports the median of ``steps`` timed steps after
 ``warmup`` untimed ones, with the ratios step/forward and step/textbook, and its peak memory: CUDA's
 max allocated bytes, or on a CPU (``--memory``) the peak RSS of a subprocess that runs that phase
-alone, with peak/inference-peak (the ``forward`` phase's). ``--model`` takes any model spec or a
+alone (the peak mark reset after the model is loaded, on Linux), with peak/inference-peak (the
+``forward`` phase's). ``--model`` takes any model spec or a
 named architecture with random weights (``zotune.architectures``: ``opt-1.3b`` …), so a GPU run
 needs no downloaded weights.
 
@@ -167,7 +168,25 @@ def phase_fn(name: str, net, closure, device, lr: float, eps: float, noise: str)
     return first_order_method
 
 
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark of this process (Linux ≥ 4.0: ``5`` into clear_refs), so the
+    peak read after a phase is the phase's, not the model load's (a GGUF load peaks far higher)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def _peak_rss_gib() -> float:
+    """The process's peak RSS since the last reset (VmHWM), else since it started (ru_maxrss)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return (rss / 2**30) if sys.platform == "darwin" else rss / 2**20
 
@@ -194,6 +213,11 @@ def bench_step(model: str = "smollm2", batch_size: int = 16, seq: int = 64, dtyp
             return loss(net, batch)
 
     names = [only] if only else ["forward", *methods, "textbook mezo", "first-order adamw"]
+    if only and dev.type != "cuda":
+        import gc
+
+        gc.collect()
+        _reset_peak_rss()
     weights = {k: v.clone() for k, v in net.state_dict().items()} if len(names) > 1 else None
     rows = {}
     for name in names:

@@ -347,8 +347,15 @@ class Engine:
     # ----------------------------------------------------------------- the write pass
     def write(self, e: Perturbed, delta: torch.Tensor, decay: float = 1.0) -> None:
         """θ ← decay·θ + delta for one parameter, with a materialised fp32 ``delta``.
-        A non-finite ``delta`` (a momentum or Adam term gone inf/NaN) is refused before writing."""
-        self.refuse_non_finite(e, decay, finite=bool(torch.isfinite(delta).all()))
+        A non-finite ``delta`` (a momentum or Adam term gone inf/NaN) is refused before writing; on
+        CUDA the check is deferred to ``end_step`` (one host synchronisation per step, not one per
+        parameter), which fails the step after its writes."""
+        if delta.device.type == "cuda":
+            self.refuse_non_finite(e, decay, finite=True)
+            bad = (~torch.isfinite(delta).all()).to(torch.int32).reshape(1)
+            self.overflow = bad if self.overflow is None else self.overflow.bitwise_or_(bad)
+        else:
+            self.refuse_non_finite(e, decay, finite=bool(torch.isfinite(delta).all()))
         flat = delta.reshape(-1)
         self._update(e, lambda a, b: flat[a:b], decay)
 
@@ -391,7 +398,8 @@ class Engine:
         return [(stream_key(seed, e.key, DIRECTION), w) for seed, w in combo]
 
     def end_step(self) -> None:
-        """Raise NonFiniteUpdateError if a fused half-precision write of this step overflowed. A
+        """Raise NonFiniteUpdateError if a fused half-precision write of this step overflowed (or, on
+        CUDA, a materialised delta was not finite). A
         kernel cannot refuse an element without a host synchronisation per parameter, so on the
         fused path the check is one synchronisation per step, after the writes (the training loop
         then rebuilds the last recorded step from its checkpoint and trajectory)."""
@@ -400,8 +408,9 @@ class Engine:
             self.overflow = None
             if bad:
                 raise NonFiniteUpdateError(
-                    f"a half-precision update overflowed at step {self.clock().index + 1} (fused kernels: the "
-                    "weights of this step were written). Lower the learning rate, or train in fp32")
+                    f"an update overflowed or was not finite at step {self.clock().index + 1} (checked once per "
+                    "step on the GPU path: the weights of this step were written). Lower the learning rate, or "
+                    "train in fp32")
 
     def refuse_non_finite(self, e: Perturbed, decay: float, finite: bool) -> None:
         """Raise NonFiniteUpdateError, before ``e`` is written, if its update is not finite. Only
