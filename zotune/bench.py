@@ -144,28 +144,22 @@ def phase_fn(name: str, net, closure, device, lr: float, eps: float, noise: str)
 
         return textbook
     if name == "first-order adamw":
-        adamw = torch.optim.AdamW(net.parameters(), lr=lr)
-
-        def first_order():
-            adamw.zero_grad(set_to_none=True)
-            with torch.enable_grad():
-                closure().backward()
-            adamw.step()
-
-        return first_order
+        return _first_order(torch.optim.AdamW(net.parameters(), lr=lr), closure)
     zeroth_order = OPTIMIZERS[name][2]
     opt = build_optimizer(name, list(net.named_parameters()), **_method_args(name, lr, eps),
                           **({"noise": noise} if zeroth_order else {}))
-    if zeroth_order:
-        return lambda: opt.step(closure)
+    return (lambda: opt.step(closure)) if zeroth_order else _first_order(opt, closure)
 
-    def first_order_method():
+
+def _first_order(opt, closure) -> Callable[[], None]:
+    """One backprop step: zero the gradients, forward + backward, update."""
+    def step():
         opt.zero_grad(set_to_none=True)
         with torch.enable_grad():
             closure().backward()
         opt.step()
 
-    return first_order_method
+    return step
 
 
 def _reset_peak_rss() -> bool:
