@@ -191,6 +191,9 @@ class Engine:
         self.kernels = kernels
         self._fused = None  # the Triton kernels module, once a parameter needs it
         self.overflow: torch.Tensor | None = None  # set by fused half-precision writes, read once per step
+        # low-rank perturbations of Linear weights applied inside the forward: "auto" where it costs
+        # fewer flops than building the perturbed weight, "always" or "never" (tests compare them)
+        self.low_rank_in_forward = "auto"
         # learned from the first perturbed forward: tied parameters (several owner modules) and
         # parameters read outside their owner's forward (swapped through .data instead)
         self.layout_known = False
@@ -248,10 +251,21 @@ class Engine:
 
     # ----------------------------------------------------------------- evaluation
     def perturbation(self, make: Callable[[Perturbed, torch.dtype | None], torch.Tensor],
-                     swap_outside: bool = True) -> FunctionalPerturbation:
+                     swap_outside: bool = True, factors=None) -> FunctionalPerturbation:
         """A context in which every forward reads ``make(e, dtype)`` instead of each parameter.
-        ``swap_outside=False`` leaves parameters read outside their owner's forward untouched."""
-        return FunctionalPerturbation(self.by_id, make, self.tied, self.outside if swap_outside else frozenset())
+        ``swap_outside=False`` leaves parameters read outside their owner's forward untouched;
+        ``factors(e)``: a low-rank perturbation's (A, B), applied inside a Linear's forward where cheaper."""
+        return FunctionalPerturbation(self.by_id, make, self.tied, self.outside if swap_outside else frozenset(),
+                                      factors=factors, in_forward=self.low_rank_in_forward)
+
+    def low_rank_factors(self, e: Perturbed, direction: Direction, scale: float):
+        """(scale·w·A, B) when ``direction`` is one low-rank draw w·A·Bᵀ of ``e``, else None."""
+        combo = as_direction(direction)
+        if len(combo) != 1:
+            return None
+        seed, w = combo[0]
+        f = self.sampler.factors(e, seed, self.clock())
+        return None if f is None else (f[0] * (scale * w), f[1])
 
     def learn_layout(self, visits: dict[int, int]) -> bool:
         """Record, from a first perturbed forward's ``visits``, which parameters are tied and which
@@ -302,11 +316,15 @@ class Engine:
                     return self._fused.perturbed_copy(e.param, fused, scale, dtype, kind=self.sampler.kind)
                 return perturbed_copy(e.param, self.chunks(e, d), scale, self.chunk_size, dtype)
 
-            pert = self.perturbation(make)
+            def factors(e: Perturbed):
+                d = along(e)
+                return None if d is None else self.low_rank_factors(e, d, scale)
+
+            pert = self.perturbation(make, factors=factors)
             with pert:
                 loss = closure()
             if not self.layout_known and self.learn_layout(pert.visits):
-                with self.perturbation(make):  # some parameters were read outside their owner's forward
+                with self.perturbation(make, factors=factors):  # some parameters were read outside their forward
                     loss = closure()
         return _as_loss(loss)
 

@@ -5,7 +5,9 @@ exact in floating point (in bf16 the weights drift by ~12% of their scale over 1
 and leaves the model perturbed if the forward raises. Here a global forward pre-hook swaps, for the
 duration of one module's forward, each trainable parameter that module owns for a perturbed copy,
 and the matching forward hook (always called, even on exceptions) swaps the original back. Peak
-extra memory is one module's parameters, not a copy of the model.
+extra memory is one module's parameters, not a copy of the model. A low-rank perturbation c·A·Bᵀ
+of a Linear's weight is applied in the forward instead, as x·B·Aᵀ added to the output, where that
+costs fewer flops than building the copy (small batches).
 
 The optimizer needs no reference to the model: it only knows its parameters, and the hooks
 recognise them by identity in whichever module owns them. Two cases need care:
@@ -50,9 +52,14 @@ class FunctionalPerturbation:
         make: Callable[[Perturbed, torch.dtype | None], torch.Tensor],
         shared: set[int] = frozenset(),
         outside: set[int] = frozenset(),
+        factors: Callable[[Perturbed], tuple[torch.Tensor, torch.Tensor] | None] | None = None,
+        in_forward: str = "auto",
     ):
         self.entries = entries
         self.make = make
+        self.factors = factors  # (A, B) of a low-rank perturbation c·A·Bᵀ, or None
+        self.in_forward = in_forward  # "auto" (where cheaper), "always", "never"
+        self._corrections: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.shared = shared
         self.outside = outside
         self.visits: dict[int, int] = {}  # id(param) -> number of owner forwards that read it
@@ -81,11 +88,37 @@ class FunctionalPerturbation:
             pid = id(p)
             if pid in self.entries and pid not in self.outside:
                 self.visits[pid] = self.visits.get(pid, 0) + 1
+                if name == "weight" and self._low_rank_in_forward(module, pid, p, args):
+                    continue  # the weight stays θ; the forward hook adds the perturbation's output
                 self._swapped.append((module, name, p))
                 params[name] = self._perturbed(pid, cast if name == "weight" else None)
 
+    def _low_rank_in_forward(self, module, pid: int, w: torch.Tensor, args) -> bool:
+        """For a Linear whose perturbation is low-rank, c·A·Bᵀ (A m×r, B n×r): apply it as
+        x·B·Aᵀ added to the output instead of building W + c·A·Bᵀ, where that costs fewer flops:
+        tokens·r·(m + n) against m·n·r (and an m×n copy), i.e. for fewer than m·n/(m+n) tokens."""
+        if self.factors is None or self.in_forward == "never" or type(module) is not torch.nn.Linear \
+                or pid in self.shared or not args or not torch.is_tensor(args[0]):
+            return False
+        m, n = w.shape
+        tokens = args[0].numel() // max(args[0].shape[-1], 1)
+        if self.in_forward == "auto" and tokens * (m + n) >= m * n:
+            return False
+        f = self.factors(self.entries[pid])
+        if f is None:
+            return False
+        self._corrections[id(module)] = f
+        return True
+
     def _post_hook(self, module, args, output):
         self._restore(module)
+        f = self._corrections.pop(id(module), None)
+        if f is not None and torch.is_tensor(output):
+            a, b = f
+            x = args[0]
+            dt = output.dtype
+            return output + ((x.to(dt) @ b.to(dt)) @ a.T.to(dt))
+        return None
 
     def _restore(self, module=None):
         keep = []
@@ -113,6 +146,7 @@ class FunctionalPerturbation:
             h.remove()
         self._handles = []
         self._restore()
+        self._corrections.clear()
         for p, data in reversed(self._data_swapped):
             p.data = data
         self._data_swapped = []

@@ -60,6 +60,11 @@ class Sampler:
     def draw(self, e: Perturbed, seed: int, t: Step) -> torch.Tensor | None:
         return None
 
+    def factors(self, e: Perturbed, seed: int, t: Step) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(A, B) with ``draw(e, seed, t) == (A @ B.T).view_as(e.param)`` for a low-rank draw (A is m×r,
+        B is n×r), so a forward can apply it as (x B) Aᵀ without building it; None otherwise."""
+        return None
+
     def dense_draw(self, e: Perturbed, seed: int, kind: str | None = None) -> torch.Tensor:
         """The dense stream of ``e`` at ``seed`` (default: the noise kind), materialised."""
         n = e.param.numel()

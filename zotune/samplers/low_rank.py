@@ -80,6 +80,10 @@ class Subspace(_LowRankSampler):
         return torch.linalg.qr(g.view(rows, cols), mode="reduced").Q
 
     def draw(self, e: Perturbed, seed: int, t: Step) -> torch.Tensor | None:
+        f = self.factors(e, seed, t)
+        return None if f is None else (f[0] @ f[1].T).view_as(e.param)
+
+    def factors(self, e: Perturbed, seed: int, t: Step) -> tuple[torch.Tensor, torch.Tensor] | None:
         shape = low_rank_shape(e.param, self.rank)
         if shape is None:
             return None
@@ -88,7 +92,7 @@ class Subspace(_LowRankSampler):
         u = self.orthonormal(mix(base, 1), e.key, m, r, dev)
         v = self.orthonormal(mix(base, 2), e.key, n, r, dev)
         z0 = self.rng.draw(seed, e.key, 0, r * r, r * r, self.kind, device=dev).view(r, r)
-        return ((u * (math.sqrt(m * n) / r)) @ z0 @ v.T).view_as(e.param)
+        return (u * (math.sqrt(m * n) / r)) @ z0, v
 
 
 @register_sampler("lowrank")
@@ -106,10 +110,14 @@ class LowRank(_LowRankSampler):
         super().__init__(rank, refresh_every)
 
     def draw(self, e: Perturbed, seed: int, t: Step) -> torch.Tensor | None:
+        f = self.factors(e, seed, t)
+        return None if f is None else (f[0] @ f[1].T).view_as(e.param)
+
+    def factors(self, e: Perturbed, seed: int, t: Step) -> tuple[torch.Tensor, torch.Tensor] | None:
         shape = low_rank_shape(e.param, self.rank)
         if shape is None:
             return None
         (m, n), r, dev = shape, self.rank, e.param.device
         v = self.rng.draw(self.period_seed(t, LAZY), e.key, 0, n * r, n * r, "gaussian", device=dev)
         u = self.rng.draw(seed, e.key, 0, m * r, m * r, self.kind, device=dev)
-        return (u.view(m, r) @ v.view(n, r).T).view_as(e.param)
+        return u.view(m, r), v.view(n, r)
