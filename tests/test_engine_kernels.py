@@ -101,3 +101,22 @@ def test_kernels_option_is_checked():
     model, _ = _problem(torch.float32)
     with pytest.raises(ValueError, match="kernels must be one of"):
         optimizer_class("mezo")(model.named_parameters(), kernels="cuda")
+
+
+def test_a_raising_closure_leaves_the_weights_on_the_fused_path():
+    model, closure = _problem(torch.bfloat16)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = optimizer_class("mezo")(model.named_parameters(), lr=1e-2, noise="rademacher", kernels="triton")
+    calls = [0]
+
+    def flaky():
+        calls[0] += 1
+        if calls[0] == 2:  # the −ε forward, after the +ε copy was built by the kernel
+            raise RuntimeError("boom")
+        return closure()
+
+    with pytest.raises(RuntimeError, match="boom"):
+        opt.step(flaky)
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    opt.step(closure)  # and the next step trains
+    assert not all(torch.equal(a, p) for a, p in zip(before, model.parameters()))

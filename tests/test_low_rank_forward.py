@@ -19,9 +19,14 @@ def _problem(batch: int):
     return model, lambda: ((model(x) - y) ** 2).mean()
 
 
-def _opt(method, model, **kw):
+def _opt(method, model, how="auto", **kw):
+    """The optimizer, its layout already learned (as a training run's probe does): the in-forward path
+    is used only once tied weights are known."""
     rank = {"subzero": dict(rank=4), "lozo": dict(rank=2)}[method]
-    return optimizer_class(method)(model.named_parameters(), lr=1e-2, eps=1e-3, seed=3, **rank, **kw)
+    opt = optimizer_class(method)(model.named_parameters(), lr=1e-2, eps=1e-3, seed=3, low_rank_in_forward=how,
+                                  **rank, **kw)
+    opt.engine.probe_layout(lambda: model(torch.zeros(1, 64)))
+    return opt
 
 
 @pytest.mark.parametrize("method", ["subzero", "lozo"])
@@ -29,8 +34,7 @@ def test_in_forward_losses_equal_the_built_copy(method):
     losses = {}
     for how in ("always", "never"):
         model, closure = _problem(8)
-        opt = _opt(method, model)
-        opt.engine.low_rank_in_forward = how
+        opt = _opt(method, model, how)
         seed = opt.step_seed()
         losses[how] = [opt.engine.loss_at(closure, seed, c).item() for c in (1e-3, -1e-3, 0.5)]
     assert losses["always"] != [None] and losses["always"] == pytest.approx(losses["never"], rel=1e-6, abs=1e-7)
@@ -44,8 +48,7 @@ def test_in_forward_steps_follow_the_built_copy(method):
     start, _ = _problem(8)
     for how in ("always", "never"):
         model, closure = _problem(8)
-        opt = _opt(method, model)
-        opt.engine.low_rank_in_forward = how
+        opt = _opt(method, model, how)
         for _ in range(5):
             opt.step(closure)
         weights[how] = [p.detach().clone() for p in model.parameters()]
@@ -66,7 +69,8 @@ def test_auto_applies_in_the_forward_only_where_cheaper(monkeypatch):
     for batch, expect_built in ((8, False), (4096, True)):  # m·n/(m+n): 27.4 tokens (64×48), 19.2 (48×32)
         built.clear()
         model, closure = _problem(batch)
-        opt = _opt("subzero", model)
+        opt = _opt("subzero", model, "auto")
+        built.clear()
         opt.engine.loss_at(closure, opt.step_seed(), 1e-3)
         weight_copies = [s for s in built if len(s) == 2]
         assert bool(weight_copies) is expect_built, (batch, built)
@@ -76,8 +80,8 @@ def test_auto_applies_in_the_forward_only_where_cheaper(monkeypatch):
 def test_lr_zero_and_a_raising_forward_leave_the_weights_exact():
     model, closure = _problem(8)
     before = [p.detach().clone() for p in model.parameters()]
-    opt = optimizer_class("subzero")(model.named_parameters(), lr=0.0, eps=1e-3, rank=4)
-    opt.engine.low_rank_in_forward = "always"
+    opt = optimizer_class("subzero")(model.named_parameters(), lr=0.0, eps=1e-3, rank=4, low_rank_in_forward="always")
+    opt.engine.probe_layout(lambda: model(torch.zeros(1, 64)))
     for _ in range(3):
         opt.step(closure)
     assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
@@ -91,3 +95,10 @@ def test_lr_zero_and_a_raising_forward_leave_the_weights_exact():
     assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
     plain = closure().item()
     assert opt.engine.loss_at(closure, opt.step_seed(), 0.0).item() == plain  # no correction left behind
+
+
+def test_the_in_forward_path_is_off_by_default_and_checked():
+    model, closure = _problem(8)
+    assert optimizer_class("subzero")(model.named_parameters(), rank=4).engine.low_rank_in_forward == "never"
+    with pytest.raises(ValueError, match="low_rank_in_forward must be"):
+        optimizer_class("subzero")(model.named_parameters(), rank=4, low_rank_in_forward="yes")

@@ -171,11 +171,15 @@ class Engine:
         kernels: "auto" (fused Triton kernels for CUDA tensors when triton is installed, the plain
             chunked passes otherwise), "torch" (always the plain passes) or "triton" (always the
             kernels; on a CPU only under TRITON_INTERPRET=1, which is for tests).
+        low_rank_in_forward: "never" (default), "auto" or "always": apply a low-rank perturbation
+            c·A·Bᵀ of an nn.Linear weight inside its forward (x·B·Aᵀ added to the output) instead of
+            building W + c·A·Bᵀ; "auto" where it costs fewer flops (fewer tokens than m·n/(m+n)).
+            Off by default: the two round differently, and "auto" decides per batch shape.
     """
 
     def __init__(self, params: list[Perturbed], sampler, *, clock: Callable[[], Step],
                  master: Callable[[torch.Tensor], torch.Tensor | None], chunk_size: int = 1 << 20,
-                 stochastic_rounding: bool = True, kernels: str = "auto"):
+                 stochastic_rounding: bool = True, kernels: str = "auto", low_rank_in_forward: str = "never"):
         self.params = params
         self.by_id = {id(e.param): e for e in params}
         self.sampler = sampler
@@ -191,9 +195,9 @@ class Engine:
         self.kernels = kernels
         self._fused = None  # the Triton kernels module, once a parameter needs it
         self.overflow: torch.Tensor | None = None  # set by fused half-precision writes, read once per step
-        # low-rank perturbations of Linear weights applied inside the forward: "auto" where it costs
-        # fewer flops than building the perturbed weight, "always" or "never" (tests compare them)
-        self.low_rank_in_forward = "auto"
+        if low_rank_in_forward not in ("never", "auto", "always"):
+            raise ValueError(f"low_rank_in_forward must be never, auto or always, got {low_rank_in_forward!r}")
+        self.low_rank_in_forward = low_rank_in_forward
         # learned from the first perturbed forward: tied parameters (several owner modules) and
         # parameters read outside their owner's forward (swapped through .data instead)
         self.layout_known = False
@@ -255,8 +259,10 @@ class Engine:
         """A context in which every forward reads ``make(e, dtype)`` instead of each parameter.
         ``swap_outside=False`` leaves parameters read outside their owner's forward untouched;
         ``factors(e)``: a low-rank perturbation's (A, B), applied inside a Linear's forward where cheaper."""
+        # only once the layout is known: a tied weight must be built, never corrected in one owner only
+        in_forward = self.low_rank_in_forward if self.layout_known else "never"
         return FunctionalPerturbation(self.by_id, make, self.tied, self.outside if swap_outside else frozenset(),
-                                      factors=factors, in_forward=self.low_rank_in_forward)
+                                      factors=factors, in_forward=in_forward)
 
     def low_rank_factors(self, e: Perturbed, direction: Direction, scale: float):
         """(scale·w·A, B) when ``direction`` is one low-rank draw w·A·Bᵀ of ``e``, else None."""

@@ -22,6 +22,9 @@ Engine options (every method takes them):
     kernels: "auto" (fused Triton kernels for CUDA parameters when triton is installed), "torch"
         (the plain chunked passes) or "triton" (the kernels everywhere; on a CPU only for tests,
         under TRITON_INTERPRET=1). Same draws either way; see docs/performance.md.
+    low_rank_in_forward: "never" (default), "auto" or "always": with low-rank samplers (SubZero,
+        LOZO), add a Linear's perturbation x·B·Aᵀ to its output instead of building W + c·A·Bᵀ;
+        "auto" where that costs fewer flops (batches of fewer tokens than m·n/(m+n)).
     master_weights: keep an fp32 copy of half-precision parameters (4 bytes/element of state)
         and round it to nearest into the parameter after each update.
     num_directions: n of n-SPSA: average the estimate over n draws (for pool methods: n pools).
@@ -85,6 +88,7 @@ class ZOOptimizer(Optimizer):
         chunk_size: int = 1 << 20,
         stochastic_rounding: bool = True,
         kernels: str = "auto",
+        low_rank_in_forward: str = "never",
         master_weights: bool = False,
         num_directions: int = 1,
         query_schedule: tuple[float, float, int] | None = None,
@@ -108,7 +112,8 @@ class ZOOptimizer(Optimizer):
         params = collect_params(self.param_groups)
         self.sampler = make_sampler(sampler).bind(params, noise)
         self.engine = Engine(params, self.sampler, clock=self.current_step, master=self.master,
-                             chunk_size=chunk_size, stochastic_rounding=stochastic_rounding, kernels=kernels)
+                             chunk_size=chunk_size, stochastic_rounding=stochastic_rounding, kernels=kernels,
+                             low_rank_in_forward=low_rank_in_forward)
 
     # ----------------------------------------------------------------- the step being taken
     @property
