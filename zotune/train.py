@@ -414,6 +414,9 @@ def restore_progress(s: Session, traj, writer: TrajectoryWriter) -> Progress:
         records = keep
     elif records[start:]:
         _log(f"replaying steps {start + 1}..{traj.last_step} from the trajectory (no forward passes)")
+    if s.zeroth_order and records:
+        # the layout the live run had learned by now (it decides, e.g., where low-rank perturbations
+        # may be applied inside a forward): learned before any step is redone or taken
         s.opt.engine.probe_layout(lambda: probe_forward(s))
     prog = Progress()
     sampler = BatchSampler(len(s.train_ex), s.config.batch_size, s.config.seed)
