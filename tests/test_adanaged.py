@@ -6,8 +6,15 @@ import torch
 from method_checks import (check_converges, check_forward_count, check_noop_and_exceptions, check_resume,
                            check_same_seed, check_state_bytes, least_squares, mlp)
 from zotune.optim import AdaNAGED, MeZO, NonFiniteLossError
+from zotune.samplers import Subspace
 
 O1 = {"momentum_state": "seeds", "distance": "bound"}  # the O(1)-memory variant
+# The three configurations of docs/methods.md, small enough for the test problems: subspace spectral
+# (rank 2 on the MLP's 16×8 matrix, new subspaces every 3 steps), dense spectral (Newton–Schulz), sign.
+SUBSPACE = {"sampler": {"name": "subspace", "rank": 2, "refresh_every": 3}}
+DENSE_SPECTRAL = {"sampler": "dense"}
+SIGN = {"sampler": "dense", "geometry": "sign"}
+CONFIGURATIONS = {"subspace": SUBSPACE, "dense-spectral": DENSE_SPECTRAL, "sign": SIGN}
 
 
 def make(params, seed=0, **kw):
@@ -24,15 +31,54 @@ def test_converges_with_defaults(variant, problem, steps, factor):
     check_converges(lambda p: make(p, **variant), problem, steps, factor)
 
 
-@pytest.mark.parametrize("variant,per_param", [({}, 2), (O1, 0), ({"geometry": "euclidean", "num_directions": 2}, 2)],
-                         ids=["default", "o1", "euclidean-n2"])
+@pytest.mark.parametrize("variant,per_param", [({}, 2), (O1, 0), ({"geometry": "euclidean", "num_directions": 2}, 2),
+                                               (DENSE_SPECTRAL, 2), (SIGN, 2), (SUBSPACE, None),
+                                               ({**SUBSPACE, "num_directions": 2, "distance": "bound"}, None)],
+                         ids=["default", "o1", "euclidean-n2", "dense-spectral", "sign", "subspace", "subspace-n2-bound"])
 def test_shared_checks(variant, per_param):
     mk = lambda params, seed=0: make(params, seed, **variant)  # noqa: E731
     check_same_seed(mk)
     check_resume(mk)
     check_forward_count(mk)
     check_noop_and_exceptions(lambda params: make(params, step_scale=0.0, **variant), mk)
-    check_state_bytes(mk, per_param)
+    if per_param is not None:
+        check_state_bytes(mk, per_param)
+
+
+def documented_state_bytes(opt) -> int:
+    """docs/methods.md's formula: per subspace matrix r² fp32 for the momentum core (β > 0) and r²
+    for the displacement core (distance "exact"); per dense tensor 4·numel for the momentum buffer
+    ("buffer", β > 0) and θ₀ in the weights' dtype ("exact")."""
+    total = 0
+    for e in opt.engine.params:
+        p = e.param
+        if opt.geometry_of(p) == "spectral" and id(p) in opt.in_subspace:
+            total += 4 * opt.sampler.rank ** 2 * ((opt.defaults["beta"] > 0) + (opt.distance == "exact"))
+        else:
+            total += 4 * p.numel() * (opt.defaults["beta"] > 0 and opt.momentum_state == "buffer")
+            total += p.element_size() * p.numel() * (opt.distance == "exact")
+    return total
+
+
+@pytest.mark.parametrize("variant", [SUBSPACE, {**SUBSPACE, "distance": "bound"}, {**SUBSPACE, "beta": 0.0},
+                                     DENSE_SPECTRAL, SIGN, {}, O1], ids=str)
+def test_state_bytes_equal_the_documented_formula(variant):
+    """On a model with both kinds of tensors (a 12-layer tiny Llama: its matrices of both sides > 4
+    take subspace draws at rank 4, its norm gains dense draws)."""
+    from zotune.models import load_model
+
+    model, _ = load_model("tiny-llama")
+    ids = torch.arange(24).reshape(2, 12) % model.config.vocab_size
+    kw = dict(variant)
+    if "sampler" in kw and kw["sampler"] != "dense":
+        kw["sampler"] = {**kw["sampler"], "rank": 4}
+    opt = make(model.named_parameters(), **kw)
+    for _ in range(4):  # a refresh at step 3 included
+        opt.step(lambda: model(input_ids=ids, labels=ids).loss)
+    assert opt.state_bytes() == documented_state_bytes(opt)
+    if "sampler" in kw and kw["sampler"] != "dense":
+        n = sum(p.numel() for p in model.parameters())
+        assert opt.state_bytes() < 0.1 * 4 * n, (opt.state_bytes(), n)  # the default's target: ≤ 0.1 × params
 
 
 @pytest.mark.parametrize("variant,per_param", [({"distance": "bound"}, 1), ({"momentum_state": "seeds"}, 1),
@@ -78,6 +124,39 @@ def test_scale_free_where_mezo_is_not():
     assert end > 0.99 * start
 
 
+@pytest.mark.parametrize("config", CONFIGURATIONS)
+def test_iterates_do_not_depend_on_the_loss_scale(config):
+    """The loss ×10⁻⁴ and ×10⁴ (not exact in floating point): after 20 MLP steps (a subspace refresh
+    every 3 steps included) the weights equal the unscaled run's to 1e-3 of the distance moved;
+    the rounding of the scaled losses is all that differs."""
+    runs = []
+    for c in (1.0, 1e-4, 1e4):
+        model, closure = mlp()
+        opt = AdaNAGED(model.named_parameters(), **CONFIGURATIONS[config])
+        for _ in range(20):
+            opt.step(lambda: closure() * c)
+        runs.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    model, _ = mlp()
+    moved = (runs[0] - torch.cat([p.detach().flatten() for p in model.parameters()])).abs().max()
+    assert moved > 1e-3
+    for scaled in runs[1:]:
+        assert (scaled - runs[0]).abs().max() <= 1e-3 * moved
+
+
+def test_subspace_configuration_converges_and_refuses_other_geometries():
+    check_converges(lambda p: make(p, **SUBSPACE), "mlp", 200, 0.6)
+    model, _ = mlp()
+    opt = AdaNAGED(model.named_parameters(), **SUBSPACE)
+    assert opt.in_subspace == {id(model[0].weight)}  # the 16×8 matrix; the 1×16 head and biases are dense
+    with pytest.raises(ValueError, match="subspace draws"):
+        AdaNAGED(model.named_parameters(), geometry="sign", **SUBSPACE)
+    with pytest.raises(ValueError, match="subspace draws"):
+        AdaNAGED(model.named_parameters(), geometry={"0.*": "colnorm"}, **SUBSPACE)
+    AdaNAGED(model.named_parameters(), geometry={"2.*": "colnorm"}, **SUBSPACE)  # a dense tensor: allowed
+    with pytest.raises(ValueError, match="ns_dtype"):
+        AdaNAGED(model.named_parameters(), ns_dtype="fp8")
+
+
 def test_loss_scale_does_not_change_the_trajectory():
     """γ = r̄·‖d‖_*/√G and τ do not depend on the loss's scale: a loss ×2¹⁴ (exact in floating
     point, > 10⁴) gives bit-identical weights."""
@@ -94,6 +173,7 @@ def test_loss_scale_does_not_change_the_trajectory():
 def test_geometry_is_per_block_and_validated():
     model, _ = mlp()
     opt = AdaNAGED(model.named_parameters())
+    assert isinstance(opt.sampler, Subspace) and not opt.in_subspace  # the default; rank 32 > the MLP's sides
     assert [opt.geometry_of(p) for p in model.parameters()] == ["spectral", "sign", "sign", "sign"]
     opt = AdaNAGED(model.named_parameters(), geometry={"0.*": "colnorm"})
     assert opt.geometry_of(model[0].weight) == "colnorm" and opt.geometry_of(model[2].weight) == "sign"

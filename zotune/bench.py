@@ -6,7 +6,7 @@ Speed claims are checked here, never by timed assertions in tests.
 or a real training batch of ``--task``), one step of each phase:
 
 - ``forward``: one loss evaluation under no_grad (the unit everything is divided by);
-- each ``--methods`` entry: zotune's step of that method (default: MeZO);
+- each ``--methods`` entry: zotune's step of that method, with its options (``NAME:KEY=VALUE``; default: MeZO);
 - ``textbook mezo``: the published trainer's step (global reseed, ``torch.normal`` per tensor,
   four out-of-place passes +ε, −2ε, +ε, update; Malladi et al. 2023's ``zo_step``/``zo_update``);
 - ``first-order adamw``: forward + backward + AdamW, the baseline ZO trades speed against.
@@ -94,6 +94,37 @@ def _timed(fn: Callable[[], object], steps: int, warmup: int, device: torch.devi
     return statistics.median(times), peak
 
 
+def split_methods(text: str) -> tuple[str, ...]:
+    """``--methods`` split at the commas outside braces: ``mezo,adanaged:sampler={name: subspace, rank: 64}``
+    is two entries."""
+    entries, depth, current = [], 0, ""
+    for ch in text:
+        depth += (ch in "{[") - (ch in "}]")
+        if ch == "," and depth == 0:
+            entries.append(current)
+            current = ""
+        else:
+            current += ch
+    return tuple(e.strip() for e in [*entries, current] if e.strip())
+
+
+def method_entry(entry: str) -> tuple[str, dict]:
+    """(optimizer name, options) of one ``--methods`` entry ``NAME[:KEY=VALUE]...`` (values are YAML,
+    as for ``--opt``): ``adanaged:sampler=dense:geometry=sign`` times AdaNAGED's dense sign
+    configuration. A phase is named by its whole entry."""
+    import yaml
+
+    name, *options = entry.split(":")
+    parsed = {}
+    for option in options:
+        if "=" not in option:
+            raise ValueError(f"--methods entry {entry!r}: expected NAME:KEY=VALUE, got {option!r}")
+        key, value = option.split("=", 1)
+        parsed[key.strip()] = yaml.safe_load(value)
+    optimizer_class(name.strip())  # an unknown method fails before the model loads
+    return name.strip(), parsed
+
+
 def _method_args(method: str, lr: float, eps: float) -> dict:
     """A tiny lr (and eps) for the methods that take them: the bench times steps, it does not train."""
     accepted = inspect.signature(optimizer_class(method).__init__).parameters
@@ -145,9 +176,10 @@ def phase_fn(name: str, net, closure, device, lr: float, eps: float, noise: str)
         return textbook
     if name == "first-order adamw":
         return _first_order(torch.optim.AdamW(net.parameters(), lr=lr), closure)
-    zeroth_order = OPTIMIZERS[name][2]
-    opt = build_optimizer(name, list(net.named_parameters()), **_method_args(name, lr, eps),
-                          **({"noise": noise} if zeroth_order else {}))
+    method, options = method_entry(name)
+    zeroth_order = OPTIMIZERS[method][2]
+    opt = build_optimizer(method, list(net.named_parameters()), **_method_args(method, lr, eps),
+                          **({"noise": noise} if zeroth_order else {}), **options)
     return (lambda: opt.step(closure)) if zeroth_order else _first_order(opt, closure)
 
 
@@ -195,7 +227,7 @@ def bench_step(model: str = "smollm2", batch_size: int = 16, seq: int = 64, dtyp
     if steps < 1 or warmup < 0 or batch_size < 1 or seq < 2:
         raise ValueError("bench needs --steps >= 1, --warmup >= 0, --batch >= 1 and --seq >= 2")
     for m in methods:
-        optimizer_class(m)  # an unknown method fails before the model loads
+        method_entry(m)  # an unknown method or a malformed entry fails before the model loads
     dev = resolve_device(device)
     net, tok = bench_model(model, dtype, dev)
     batch, loss = make_batch(net, tok, batch_size, seq, task, data_dir, dev)

@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", "--batch-size", dest="batch", type=int, default=16)
     p.add_argument("--seq", "--max-length", dest="seq", type=int, default=64, help="tokens per sequence (default 64)")
     p.add_argument("--dtype", default="fp32", help="weight dtype: fp32, bf16, fp16 (default fp32)")
-    p.add_argument("--methods", default="mezo", help="comma-separated optimizers to time (default: mezo)")
+    p.add_argument("--methods", default="mezo", help="comma-separated optimizers to time, each NAME or NAME:KEY=VALUE[:KEY=VALUE] "
+                   "with its options, e.g. adanaged:sampler=dense:geometry=sign (default: mezo)")
     p.add_argument("--noise", default="rademacher", help="ZO direction distribution (default rademacher)")
     p.add_argument("--steps", type=int, default=5, help="timed steps per phase; the median is reported")
     p.add_argument("--warmup", type=int, default=1)
@@ -319,14 +320,14 @@ def _cmd_plot(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from zotune.bench import bench_noise, bench_step, format_noise, format_table
+    from zotune.bench import bench_noise, bench_step, format_noise, format_table, split_methods
 
     if args.what == "noise":
         result = bench_noise(numel=args.numel, device=args.device, steps=args.steps, warmup=args.warmup)
         rows, table = result["sources"], format_noise(result)
     else:
         autocast = None if args.autocast.lower() == "none" else args.autocast
-        methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+        methods = split_methods(args.methods)
         result = bench_step(args.model, batch_size=args.batch, seq=args.seq, dtype=args.dtype, methods=methods,
                             device=args.device, autocast=autocast, steps=args.steps, warmup=args.warmup,
                             noise=args.noise, task=args.task, data_dir=args.data_dir, memory=args.memory)

@@ -50,30 +50,81 @@ def lmo_sign(d: torch.Tensor) -> torch.Tensor:
     return torch.where(d >= 0, -1.0, 1.0).to(torch.float32)
 
 
-def orthogonalise(d: torch.Tensor, steps: int = 5, polish: int = 2) -> torch.Tensor:
-    """≈ UVᵀ for d = UΣVᵀ (d as a matrix), by Newton–Schulz iterations in fp32.
+def ns_dtype_for(shape, device) -> torch.dtype:
+    """The dtype of Newton–Schulz's quintic iterations for a matrix of ``shape`` on ``device``:
+    bfloat16 where it is fast (CUDA; CPUs with native bf16 matmuls) and the matrix is large enough
+    to gain (both sides ≥ 128), else float32. Measured on 8 × 576×1536 Gaussian matrices (2-core
+    AVX-512-bf16 CPU): 1.24 s against 2.97 s in fp32, singular values in [0.973, 1.000] either way,
+    because the two cubic polishing steps always run in fp32."""
+    matrix = _as_matrix(torch.empty(shape, device="meta"))
+    if min(matrix.shape) < 128:
+        return torch.float32
+    if torch.device(device).type == "cuda":
+        return torch.bfloat16
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+
+
+def orthogonalise_many(ds: list[torch.Tensor], steps: int = 5, polish: int = 2, dtype="auto") -> list[torch.Tensor]:
+    """``orthogonalise`` of each tensor in ``ds``, with same-shaped ones stacked into one batched
+    matrix product per iteration (fewer, larger products: Muon's per-layer matrices share a few
+    shapes). ``dtype``: of the quintic iterations ("auto": ``ns_dtype_for``); the polish is fp32."""
+    out: list[torch.Tensor | None] = [None] * len(ds)
+    groups: dict[tuple, list[int]] = {}
+    for i, d in enumerate(ds):
+        groups.setdefault((tuple(d.shape), d.device), []).append(i)
+    for (shape, device), idx in groups.items():
+        x = torch.stack([_as_matrix(ds[i].float()) for i in idx])
+        quintic = ns_dtype_for(shape, device) if dtype == "auto" else dtype
+        x = _newton_schulz(x, steps, polish, quintic)
+        for j, i in enumerate(idx):
+            out[i] = x[j].reshape(shape)
+    return out
+
+
+def _newton_schulz(m: torch.Tensor, steps: int, polish: int, quintic: torch.dtype) -> torch.Tensor:
+    """Batched (b × rows × cols) Newton–Schulz; a zero matrix stays zero."""
+    transposed = m.shape[-2] > m.shape[-1]
+    x = m.mT if transposed else m
+    norm = torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True)
+    x = torch.where(norm > 0, x / norm.clamp_min(torch.finfo(torch.float32).tiny), x)  # all singular values ≤ 1
+    a, b, c = _QUINTIC
+    x = x.to(quintic)
+    for _ in range(steps):
+        g = x @ x.mT
+        x = a * x + (b * g + c * (g @ g)) @ x
+    x = x.float()
+    for _ in range(polish):
+        x = 1.5 * x - 0.5 * (x @ x.mT) @ x
+    return x.mT if transposed else x
+
+
+def orthogonalise(d: torch.Tensor, steps: int = 5, polish: int = 2, dtype=torch.float32) -> torch.Tensor:
+    """≈ UVᵀ for d = UΣVᵀ (d as a matrix), by Newton–Schulz iterations.
 
     Choice: ``steps`` iterations of Muon's quintic, then ``polish`` iterations of the cubic
     X ← 1.5X − 0.5XXᵀX (the form in the JAGUAR-Muon paper). The quintic lifts small singular values
     quickly (×3.4 per step) but leaves them anywhere in ≈ [0.7, 1.2]; the cubic has a fixed point at
     1 with zero slope (quadratic convergence), so two polishing steps bring that band to within
     ≈ 3% of 1. Singular values below ≈ 1e-3·σ_max (e.g. the tail of a square Gaussian matrix) are
-    not resolved by 5 steps; they carry little of ⟨d, UVᵀ⟩ = ‖d‖_S1 anyway.
+    not resolved by 5 steps; they carry little of ⟨d, UVᵀ⟩ = ‖d‖_S1 anyway. ``dtype``: of the
+    quintic iterations (bfloat16 halves the cost where matmuls are native; the polish is fp32).
     """
-    m = _as_matrix(d.float())
-    transposed = m.shape[0] > m.shape[1]
-    x = m.T if transposed else m
-    norm = torch.linalg.vector_norm(x)
-    if norm == 0:
-        return torch.zeros_like(d, dtype=torch.float32)
-    x = x / norm  # all singular values ≤ 1
-    a, b, c = _QUINTIC
-    for _ in range(steps):
-        g = x @ x.T
-        x = a * x + (b * g + c * (g @ g)) @ x
-    for _ in range(polish):
-        x = 1.5 * x - 0.5 * (x @ x.T) @ x
-    return (x.T if transposed else x).reshape(d.shape)
+    return _newton_schulz(_as_matrix(d.float())[None], steps, polish, dtype)[0].reshape(d.shape)
+
+
+def lmo_spectral_core(core: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """The spectral LMO of U·core·Vᵀ for orthonormal U (m×r), V (n×r), on the r×r core alone:
+    with core = P·S·Qᵀ (an r×r SVD, in float64), polar(U·core·Vᵀ) = U·(P·Qᵀ)·Vᵀ, so the LMO is
+    U·(−P·Qᵀ)·Vᵀ and the dual (nuclear) norm is Σ S, exactly, with no Newton–Schulz and no m×n
+    product. Returns (−P·Qᵀ as fp32, Σ S). The step U·(−P·Qᵀ)·Vᵀ has its r singular values equal
+    to 1 (‖·‖_op = 1, ‖·‖_F² = r)."""
+    p, s, qh = torch.linalg.svd(core.double())
+    return (-(p @ qh)).float(), float(s.sum())
+
+
+def operator_norm_core(core: torch.Tensor) -> float:
+    """‖U·core·Vᵀ‖_op = ‖core‖_op for orthonormal U, V: the largest singular value of the core."""
+    return float(torch.linalg.matrix_norm(core.double(), ord=2)) if core.numel() else 0.0
 
 
 def lmo_spectral(d: torch.Tensor, steps: int = 5, polish: int = 2) -> torch.Tensor:

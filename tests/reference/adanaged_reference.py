@@ -27,6 +27,7 @@ import math
 
 import torch
 
+from reference.noise import SUBSPACE, draw, mix
 from reference.twin import Twin
 
 METHOD = "adanaged"
@@ -101,26 +102,85 @@ def auto_geometry(name: str, shape) -> str:
     return "spectral" if matrix and not any(h in name.lower() for h in EMBEDDING_HINTS) else "sign"
 
 
+DEFAULT_SAMPLER = {"name": "subspace", "rank": 32, "refresh_every": 100}
+
+
+def polar(d: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(polar factor U_d·V_dᵀ of the matrix d, its nuclear norm), by a float64 SVD keeping only the
+    singular values above 1e-4 of the largest (d has rank r here; fp32 rounding leaves ~1e-7 elsewhere)."""
+    p, s, qh = torch.linalg.svd(as_matrix(d).double(), full_matrices=False)
+    keep = s > 1e-4 * s[0]
+    return (p[:, keep] @ qh[keep]).float().reshape(d.shape), float(s.sum())
+
+
 class Reference(Twin):
+    """Subspace configuration (the default sampler), written densely: a matrix W (m×n, r < min(m, n))
+    moves along Z = √(mn)/r·U·Z₀·Vᵀ (SubZero's draws, U, V new every F steps); ĝ and the momentum m
+    are m×n matrices; u = −polar(d) and δ = ‖d‖_S1 by a dense SVD; G += ‖ĝ‖_S1²; at a refresh
+    m ← U₁U₁ᵀ·m·V₁V₁ᵀ (the part in the new subspace) and the distance of the finished period,
+    ‖θ − θ_start‖_op, is added to the past; r̄ ← max(r̄, past + ‖θ − θ_start‖_op). The engine keeps
+    m and θ − θ_start as r×r cores, compared here as Uᵀ·m·V and Uᵀ·(θ − θ_start)·V."""
+
     operator_norm = None  # the exact operator norm (textbook)
 
     def __init__(self, named_params, beta: float = 0.9, nesterov: bool = True, geometry: str = "auto",
                  momentum_state: str = "buffer", history: int = 16, distance: str = "exact",
-                 r_eps: float = 1e-3, step_scale: float = 1.0, **common):
+                 r_eps: float = 1e-3, step_scale: float = 1.0, sampler=DEFAULT_SAMPLER, **common):
         super().__init__(named_params, **common)
         self.beta, self.nesterov, self.momentum_state, self.history = beta, nesterov, momentum_state, history
         self.distance, self.r_eps, self.step_scale = distance, r_eps, step_scale
-        self.geometry = {n: auto_geometry(n, p.shape) if geometry == "auto" else geometry
-                         for n, p in self.params.items()}
+        subspace = isinstance(sampler, dict) and sampler.get("name") == "subspace"
+        self.rank = sampler.get("rank", 24) if subspace else 0
+        self.refresh_every = sampler.get("refresh_every", 1000) if subspace else 1
+        self.sub = {n for n, p in self.params.items()
+                    if subspace and p.dim() >= 2 and self.rank < min(p.shape[0], p.numel() // p.shape[0])}
+        self.geometry = {n: "spectral" if n in self.sub else auto_geometry(n, p.shape) if geometry == "auto"
+                         else geometry for n, p in self.params.items()}
+        # θ − θ_start of each subspace matrix, as the sum of this period's steps (equal in exact
+        # arithmetic; read off the fp32 weights it would carry their rounding, ~1e-7 here)
+        self.shift = {n: torch.zeros_like(p) for n, p in self.params.items() if n in self.sub}
+        self.past_distance = {n: 0.0 for n in self.sub}
+        self.dense_momentum: dict[str, torch.Tensor] = {}  # of the subspace matrices, m×n
+        self.period = 0
         self.radius = {n: r_eps * (1 + self.norm(n, p)) for n, p in self.params.items()}
         self.G = {n: 0.0 for n in self.params}
         self.travelled = {n: 0.0 for n in self.params}
         if distance == "exact":
             for n, p in self.params.items():
-                self.state[n]["theta0"] = p.detach().clone()
+                if n not in self.sub:
+                    self.state[n]["theta0"] = p.detach().clone()
         flat = torch.cat([p.detach().reshape(-1) for p in self.params.values()])
         self.tau = r_eps * (1 + float(flat.square().mean().sqrt()))
         self.past: list[dict[str, torch.Tensor]] = []
+
+    def basis(self, name: str, period: int) -> tuple[torch.Tensor, torch.Tensor]:
+        p = self.params[name]
+        m, n = p.shape[0], p.numel() // p.shape[0]
+        base = mix(self.seed, SUBSPACE, period)
+        return (torch.linalg.qr(draw(mix(base, 1), name, (m, self.rank))).Q,
+                torch.linalg.qr(draw(mix(base, 2), name, (n, self.rank))).Q)
+
+    def direction(self, seed: int, name: str) -> torch.Tensor:
+        if name not in self.sub:
+            return self.z(seed, name)
+        p, r = self.params[name], self.rank
+        u, v = self.basis(name, self.t // self.refresh_every)
+        z0 = draw(seed, name, (r, r), self.noise)
+        return (math.sqrt(p.shape[0] * (p.numel() // p.shape[0])) / r * u @ z0 @ v.T).view_as(p)
+
+    def refresh(self) -> None:
+        """A new period: momentum projected onto the new subspaces, the finished period's distance kept."""
+        period = self.t // self.refresh_every
+        if period == self.period:
+            return
+        for name in self.sub:
+            u, v = self.basis(name, period)
+            if name in self.dense_momentum:
+                m = as_matrix(self.dense_momentum[name])
+                self.dense_momentum[name] = (u @ u.T @ m @ v @ v.T).view_as(self.params[name])
+            self.past_distance[name] += float(torch.linalg.matrix_norm(as_matrix(self.shift[name]).double(), 2))
+            self.shift[name].zero_()
+        self.period = period
 
     def norm(self, name: str, x: torch.Tensor) -> float:
         """The primal norm of block ``name`` (its geometry's ball)."""
@@ -138,32 +198,44 @@ class Reference(Twin):
         b = self.beta
         if b == 0:
             return g
-        if self.momentum_state == "seeds":
+        if self.momentum_state == "seeds" and name not in self.sub:
             m = sum((1 - b) * b ** k * past[name] for k, past in enumerate(self.past))
-        else:
-            m = self.state[name].setdefault("momentum_buffer", torch.zeros_like(g))
+        else:  # a subspace matrix always keeps its momentum (the engine: as an r×r core)
+            store = self.dense_momentum if name in self.sub else self.state[name]
+            m = store.setdefault("momentum_buffer" if name not in self.sub else name, torch.zeros_like(g))
             m.copy_(b * m + (1 - b) * g)
         return b * m + (1 - b) * g if self.nesterov else m.clone()
 
     @torch.no_grad()
     def step(self, closure) -> float:
-        directions = [{n: self.z(s, n) for n in self.params} for s in self.direction_seeds(self.directions_now())]
+        directions = [{n: self.direction(s, n) for n in self.params}
+                      for s in self.direction_seeds(self.directions_now())]
         grad, gs, loss = self.spsa(closure, self.tau, directions)
+        self.refresh()
         self.past = ([grad] + self.past)[: self.history]
         sq, count = 0.0, 0
         for name, p in self.params.items():
             geometry, g = self.geometry[name], grad[name]
             count += p.numel()
             d = self.search_direction(name, g)
-            u = lmo(geometry, d)
-            dual = max(-float((d * u).sum()), 0.0)
-            self.G[name] += max(-float((g * lmo(geometry, g)).sum()), 0.0) ** 2
+            if name in self.sub:  # the exact polar factor and nuclear norms, by SVD
+                (u, dual), raw = polar(d), polar(g)[1]
+                u = -u
+            else:
+                u = lmo(geometry, d)
+                dual = max(-float((d * u).sum()), 0.0)
+                raw = max(-float((g * lmo(geometry, g)).sum()), 0.0)
+            self.G[name] += raw ** 2
             if dual == 0 or self.G[name] == 0:
                 continue
             gamma = self.radius[name] * dual / math.sqrt(self.G[name])
             sq += gamma ** 2 * float(u.square().sum())
             p.add_(self.step_scale * gamma * u)
-            if self.distance == "bound":
+            if name in self.sub and self.distance == "exact":
+                self.shift[name] += self.step_scale * gamma * u
+                self.radius[name] = max(self.radius[name], self.past_distance[name]
+                                        + float(torch.linalg.matrix_norm(as_matrix(self.shift[name]).double(), 2)))
+            elif self.distance == "bound":
                 self.travelled[name] += self.step_scale * gamma
                 self.radius[name] = max(self.radius[name], self.travelled[name])
             elif self.step_scale:
@@ -171,7 +243,18 @@ class Reference(Twin):
         if sq > 0:
             self.tau = math.sqrt(sq / count)
         self.finish(sum(gs) / len(gs))
+        self.cores()
         return loss
+
+    def cores(self) -> None:
+        """The engine's r×r state of each subspace matrix, from the dense twin: Uᵀ·m·V and
+        Uᵀ·(θ − θ_start)·V. The test compares them after every step."""
+        for name in self.sub:
+            u, v = self.basis(name, self.period)
+            if name in self.dense_momentum:
+                self.state[name]["momentum_core"] = u.T @ as_matrix(self.dense_momentum[name]) @ v
+            if self.distance == "exact" and self.step_scale:
+                self.state[name]["displacement_core"] = u.T @ as_matrix(self.shift[name]) @ v
 
 
 class PowerIterationReference(Reference):

@@ -46,29 +46,48 @@ Defaults: beta 0.9, nesterov on (assumptions: the usual Muon/Lion momentum), geo
 
 from __future__ import annotations
 
+import fnmatch
 import math
 
 import torch
 
-from zotune.geometry import GEOMETRIES, lmo_for, lmo_step, norm
+from zotune.engine import Step
+from zotune.geometry import (GEOMETRIES, lmo_for, lmo_spectral_core, lmo_step, norm, operator_norm_core,
+                             orthogonalise_many)
 from zotune.optim.base import ZOOptimizer, check_closure, check_finite_options
 from zotune.optim.registry import register
 
 MOMENTUM_STATES = ("buffer", "seeds")
 DISTANCES = ("exact", "bound")
+NS_DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16}
+# The default directions: SubZero's subspaces, where the spectral LMO is an r×r SVD (see the docstring).
+DEFAULT_SAMPLER = {"name": "subspace", "rank": 32, "refresh_every": 100}
+PENDING_BYTES = 256 << 20  # dense spectral estimates held at once for one batched Newton–Schulz
 
 
-def dog_lmo_step(g_hat: torch.Tensor, d: torch.Tensor, geometry: str, stats: list[float]):
-    """The rule for one tensor: u = lmo(d), δ = ‖d‖_*, G ← G + ‖ĝ‖_*², γ = r̄·δ/√G.
-
-    ``stats`` = [r̄, G, Σγ] of the tensor (G updated in place). Returns (u, γ), or None when the
-    step is zero (d = 0 or G = 0). G sums the raw estimates' norms, not the momentum's."""
-    u, dual = lmo_step(d, geometry)
-    raw = dual if d is g_hat else lmo_step(g_hat, geometry)[1]
+def dog_step_size(stats: list[float], dual: float, raw: float) -> float | None:
+    """DoG's step for one tensor: G ← G + raw², γ = r̄·dual/√G (``stats`` = [r̄, G, ...], G
+    updated in place); None when the step is zero (dual = 0 or G = 0). ``dual`` = ‖d‖_* of the
+    direction stepped along, ``raw`` = ‖ĝ‖_* of this step's raw estimate."""
     stats[1] += raw * raw
     if dual == 0.0 or stats[1] == 0.0:
         return None
-    return u, stats[0] * dual / math.sqrt(stats[1])
+    return stats[0] * dual / math.sqrt(stats[1])
+
+
+def dog_lmo_step(g_hat: torch.Tensor, d: torch.Tensor, geometry: str, stats: list[float]):
+    """The rule for one materialised tensor: u = lmo(d), δ = ‖d‖_*, G ← G + ‖ĝ‖_*², γ = r̄·δ/√G.
+    Returns (u, γ), or None when the step is zero. G sums the raw estimates' norms, not the momentum's."""
+    u, dual = lmo_step(d, geometry)
+    raw = dual if d is g_hat else lmo_step(g_hat, geometry)[1]
+    gamma = dog_step_size(stats, dual, raw)
+    return None if gamma is None else (u, gamma)
+
+
+def momentum_direction(m: torch.Tensor, g: torch.Tensor, beta: float, nesterov: bool) -> torch.Tensor:
+    """m ← βm + (1−β)g (in place), and the direction to step along: βm + (1−β)g (Nesterov) or m."""
+    m.mul_(beta).add_(g, alpha=1 - beta)
+    return m.mul(beta).add_(g, alpha=1 - beta) if nesterov else m.clone()
 
 
 def seeded_momentum(past: list, now: list[tuple[int, float]], beta: float, nesterov: bool):
@@ -88,18 +107,24 @@ class AdaNAGED(ZOOptimizer):
     Args:
         beta: momentum (0 = none). nesterov: step along β m_t + (1−β) ĝ_t instead of m_t.
         geometry: "auto" (per tensor by ``lmo_for``), one of sign/spectral/colnorm/euclidean for all
-            tensors, or a {fnmatch pattern on the parameter name: geometry} override.
+            tensors, or a {fnmatch pattern on the parameter name: geometry} override. Tensors with
+            subspace draws always step spectrally in their subspace.
         momentum_state: "buffer" (1× fp32) or "seeds" (momentum over the last ``history`` steps,
-            regenerated from their seeds: O(history) scalars).
-        distance: "exact" (‖θ−θ₀‖ per tensor, keeps θ₀) or "bound" (the scalar Σγ; no θ₀).
+            regenerated from their seeds: O(history) scalars). Subspace tensors keep an r×r core.
+        distance: "exact" (‖θ−θ₀‖ per tensor, keeps θ₀; in a subspace: exact within the period,
+            summed over periods) or "bound" (the scalar Σγ; no θ₀).
         r_eps: relative initial radius (initial step and smoothing scale).
         step_scale: multiplier on every applied step (0 makes steps no-ops).
+        ns_dtype: "auto", "float32" or "bfloat16": the dtype of Newton–Schulz's quintic iterations
+            (dense spectral tensors only; "auto" = bf16 where matmuls are native and matrices large).
+        sampler (engine option): default ``DEFAULT_SAMPLER``, SubZero's subspaces; ``sampler="dense"``
+            gives the dense configurations (geometry "auto": Newton–Schulz; "sign": sign steps).
     The returned loss is the mean of the perturbed losses.
     """
 
     def __init__(self, params, beta: float = 0.9, nesterov: bool = True, geometry="auto",
                  momentum_state: str = "buffer", history: int = 16, distance: str = "exact",
-                 r_eps: float = 1e-3, step_scale: float = 1.0, **engine):
+                 r_eps: float = 1e-3, step_scale: float = 1.0, ns_dtype: str = "auto", **engine):
         check_finite_options("AdaNAGED", {"r_eps": r_eps, "step_scale": step_scale})
         if not 0.0 <= beta < 1.0:
             raise ValueError(f"beta must be in [0, 1), got {beta}")
@@ -115,29 +140,38 @@ class AdaNAGED(ZOOptimizer):
             raise ValueError(f"step_scale must be >= 0, got {step_scale}")
         if isinstance(geometry, str) and geometry != "auto" and geometry not in GEOMETRIES:
             raise ValueError(f"geometry must be 'auto', one of {GEOMETRIES} or a pattern mapping, got {geometry!r}")
+        if ns_dtype not in NS_DTYPES:
+            raise ValueError(f"ns_dtype must be one of {sorted(NS_DTYPES)}, got {ns_dtype!r}")
+        engine.setdefault("sampler", dict(DEFAULT_SAMPLER))
         super().__init__(params, dict(beta=beta, nesterov=nesterov, step_scale=step_scale), **engine)
         self.momentum_state = momentum_state
         self.history = int(history)
         self.distance = distance
         self.r_eps = float(r_eps)
+        self.ns_dtype = NS_DTYPES[ns_dtype]
         override = None if geometry == "auto" else geometry
-        self.geometries = {id(e.param): lmo_for(e.name or "", e.param.shape, override) for e in self.engine.params}
-        self.stats: dict[int, list[float]] = {}  # noise key -> [r̄, G, Σγ] per tensor
+        in_subspace = getattr(self.sampler, "in_subspace", lambda e: False)
+        self.in_subspace = {id(e.param) for e in self.engine.params if in_subspace(e)}
+        self.geometries = {id(e.param): "spectral" if id(e.param) in self.in_subspace
+                           else lmo_for(e.name or "", e.param.shape, override) for e in self.engine.params}
+        refuse_other_geometry(self.engine.params, self.in_subspace, override)
+        self.stats: dict[int, list[float]] = {}  # noise key -> [r̄, G, Σγ or the distance of past periods]
         # newest first: each step's parts as (noise keys of the subset or None, [(seed, g/n)])
         self.past: list[list[tuple[list[int] | None, list[tuple[int, float]]]]] = []
         self.tau: float | None = None  # the smoothing radius of the next step
         self.tau_min = 0.0
+        self.period: int | None = None  # the subspace period the cores are expressed in
 
     def geometry_of(self, param: torch.Tensor) -> str:
         return self.geometries[id(param)]
 
     def start(self) -> None:
-        """Initial radii from θ₀ (and θ₀ itself for distance="exact"); reads weights only."""
+        """Initial radii from θ₀ (and θ₀ itself for distance="exact" on dense tensors); reads weights only."""
         sq, count, tau_min = 0.0, 0, 0.0
         for group in self.param_groups:
             for e in self.trainable(group):
                 p = e.param.detach()
-                if self.distance == "exact":
+                if self.distance == "exact" and id(e.param) not in self.in_subspace:
                     self.buffer(e, "theta0", first=lambda e: e.param.detach().clone())  # θ₀, the weights' dtype
                 r0 = self.r_eps * (1.0 + norm(self.geometries[id(e.param)], p))
                 self.stats[e.key] = [r0, 0.0, 0.0]
@@ -150,7 +184,7 @@ class AdaNAGED(ZOOptimizer):
         self.tau_min = tau_min * rms
 
     def search_direction(self, e, now, beta: float, nesterov: bool):
-        """(ĝ, d) of one tensor: its raw estimate and the momentum direction to step along."""
+        """(ĝ, d) of one dense tensor: its raw estimate and the momentum direction to step along."""
         g = self.engine.tensor(e, now)
         if beta == 0.0:
             return g, g
@@ -158,8 +192,7 @@ class AdaNAGED(ZOOptimizer):
             past = [[(s, w) for keys, terms in step if keys is None or e.key in keys for s, w in terms]
                     for step in self.past]  # the newest entry is this step's
             return g, self.engine.tensor(e, seeded_momentum(past, now, beta, nesterov))
-        m = self.buffer(e, "momentum_buffer").mul_(beta).add_(g, alpha=1 - beta)
-        return g, (m.mul(beta).add_(g, alpha=1 - beta) if nesterov else m.clone())
+        return g, momentum_direction(self.buffer(e, "momentum_buffer"), g, beta, nesterov)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -167,28 +200,107 @@ class AdaNAGED(ZOOptimizer):
         if self.tau is None:
             self.start()
         est = self.estimate(closure, self.tau)  # all losses known and finite past here
+        t = self.current_step()
+        if self.in_subspace:
+            self.follow_subspace(t)
         if self.momentum_state == "seeds":
             parts = [(None if p.subset is None else sorted(self.engine.by_id[i].key for i in p.subset), p.mean())
                      for p in est.parts]
             self.past = ([parts] + self.past)[: self.history]
-        sq, count = 0.0, 0
+        squares: list[float] = []  # per tensor, in order: the squared Frobenius norm of its step
+        pending: list[tuple] = []  # dense spectral tensors awaiting one batched Newton–Schulz
+        count = 0
         for group, e, part in self.estimated(est):
             count += e.param.numel()
-            geometry = self.geometries[id(e.param)]
-            g, d = self.search_direction(e, part.mean(), group["beta"], group["nesterov"])
-            found = dog_lmo_step(g, d, geometry, self.stats[e.key])
-            if found is None:
+            squares.append(0.0)
+            if id(e.param) in self.in_subspace:
+                squares[-1] = self.subspace_step(group, e, part.mean(), t)
                 continue
-            u, gamma = found
-            sq += gamma * gamma * u.square().sum().item()
-            scale = group["step_scale"]
-            if scale:
-                self.engine.write(e, u.mul_(gamma * scale))
-            self.grow_radius(e, self.stats[e.key], gamma * scale, geometry)
+            g, d = self.search_direction(e, part.mean(), group["beta"], group["nesterov"])
+            if self.geometries[id(e.param)] != "spectral":
+                squares[-1] = self.dense_step(group, e, dog_lmo_step(g, d, self.geometries[id(e.param)],
+                                                                      self.stats[e.key]))
+                continue
+            pending.append((len(squares) - 1, group, e, g, d))
+            if sum(x[3].numel() + x[4].numel() for x in pending) * 4 >= PENDING_BYTES:
+                self.spectral_steps(pending, squares)
+        self.spectral_steps(pending, squares)
+        sq = sum(squares)
         if sq > 0:
             self.tau = max(self.tau_min, math.sqrt(sq / count))
         self.finish_step(est.projected)
         return torch.tensor(est.loss)
+
+    def dense_step(self, group, e, found) -> float:
+        """Apply one dense tensor's step (u, γ) from ``dog_lmo_step``; returns ‖γu‖_F²."""
+        if found is None:
+            return 0.0
+        u, gamma = found
+        sq = gamma * gamma * u.square().sum().item()
+        scale = group["step_scale"]
+        if scale:
+            self.engine.write(e, u.mul_(gamma * scale))
+        self.grow_radius(e, self.stats[e.key], gamma * scale, self.geometries[id(e.param)])
+        return sq
+
+    def spectral_steps(self, pending: list, squares: list[float]) -> None:
+        """The dense spectral tensors in ``pending``: Newton–Schulz of every d and ĝ in one batched
+        call (same shapes stacked), then each tensor's DoG step. Empties ``pending``."""
+        if not pending:
+            return
+        mats = [x[4] for x in pending] + [x[3] for x in pending if x[3] is not x[4]]
+        polar = orthogonalise_many(mats, dtype=self.ns_dtype)
+        raw_polar = iter(polar[len(pending):])
+        for j, (pos, group, e, g, d) in enumerate(pending):
+            u = polar[j].neg_()
+            dual = max(-torch.sum(d * u).item(), 0.0)
+            raw = dual if g is d else max(torch.sum(g * next(raw_polar)).item(), 0.0)
+            gamma = dog_step_size(self.stats[e.key], dual, raw)
+            squares[pos] = self.dense_step(group, e, None if gamma is None else (u, gamma))
+        pending.clear()
+
+    def subspace_step(self, group, e, now, t: Step) -> float:
+        """One subspace tensor: core C of ĝ (r×r), momentum core, u = U·(−PQᵀ)·Vᵀ by an r×r SVD of
+        the core, DoG's γ from nuclear norms; returns ‖γu‖_F² = γ²·r."""
+        c = self.sampler.core(e, now, t)
+        d = c if group["beta"] == 0.0 else momentum_direction(
+            self.buffer(e, "momentum_core", first=lambda e: torch.zeros_like(c)), c, group["beta"], group["nesterov"])
+        u_core, dual = lmo_spectral_core(d)
+        raw = dual if d is c else lmo_spectral_core(c)[1]
+        stats = self.stats[e.key]
+        gamma = dog_step_size(stats, dual, raw)
+        if gamma is None:
+            return 0.0
+        moved = gamma * group["step_scale"]
+        if moved:
+            basis_u, basis_v = self.sampler.basis(e, t)
+            self.engine.write(e, ((basis_u @ u_core).mul_(moved) @ basis_v.T).view_as(e.param))
+        if self.distance == "bound":
+            stats[2] += moved
+            stats[0] = max(stats[0], stats[2])
+        elif moved:
+            shift = self.buffer(e, "displacement_core", first=lambda e: torch.zeros_like(c)).add_(u_core, alpha=moved)
+            stats[0] = max(stats[0], stats[2] + operator_norm_core(shift))
+        return gamma * gamma * u_core.shape[0]
+
+    def follow_subspace(self, t: Step) -> None:
+        """At a refresh of the subspaces: express each momentum core in the new bases,
+        M ← (U₁ᵀU₀)·M·(V₀ᵀV₁) (its part outside the new subspace is dropped), and close the
+        period's displacement core D into the distance of past periods (r̄'s triangle bound)."""
+        period = self.sampler.period(t)
+        if self.period is not None and period != self.period:
+            before = Step(t.run_seed, self.period * self.sampler.refresh_every)
+            for e in self.engine.params:
+                state = self.state[e.param]
+                if id(e.param) not in self.in_subspace:
+                    continue
+                if "momentum_core" in state:
+                    (u0, v0), (u1, v1) = self.sampler.basis(e, before), self.sampler.basis(e, t)
+                    state["momentum_core"].copy_((u1.T @ u0) @ state["momentum_core"] @ (v0.T @ v1))
+                if "displacement_core" in state:
+                    self.stats[e.key][2] += operator_norm_core(state["displacement_core"])
+                    state["displacement_core"].zero_()
+        self.period = period
 
     def grow_radius(self, e, stats: list[float], moved: float, geometry: str) -> None:
         """r̄ ← max(r̄, distance from θ₀): exact in the tensor's norm, or the triangle bound Σγ."""
@@ -202,7 +314,7 @@ class AdaNAGED(ZOOptimizer):
     def extra_state(self) -> dict:
         return {"stats": {k: list(v) for k, v in self.stats.items()},
                 "past": [[(keys, list(terms)) for keys, terms in step] for step in self.past],
-                "tau": self.tau, "tau_min": self.tau_min}
+                "tau": self.tau, "tau_min": self.tau_min, "period": self.period}
 
     def load_extra_state(self, extra: dict) -> None:
         self.stats = {int(k): list(v) for k, v in extra.get("stats", {}).items()}
@@ -210,3 +322,21 @@ class AdaNAGED(ZOOptimizer):
                       for keys, terms in step] for step in extra.get("past", [])]
         self.tau = extra.get("tau")
         self.tau_min = float(extra.get("tau_min", 0.0))
+        self.period = extra.get("period")
+
+
+def refuse_other_geometry(params, in_subspace: set[int], override) -> None:
+    """A subspace tensor steps spectrally in its subspace (its draws, momentum and step live in
+    U·(r×r)·Vᵀ); another geometry asked for it would be silently ignored, so refuse it."""
+    if override is None:
+        return
+    for e in params:
+        if id(e.param) not in in_subspace:
+            continue
+        asked = [override] if isinstance(override, str) else [
+            g for pattern, g in override.items() if fnmatch.fnmatchcase(e.name or "", pattern)][:1]
+        if asked and asked[0] != "spectral":
+            raise ValueError(
+                f"geometry {asked[0]!r} for {e.name or 'a parameter'}, which has subspace draws: there AdaNAGED steps "
+                "spectrally in the subspace (an r×r SVD). Use sampler='dense' for other geometries, or leave "
+                "geometry='auto'")

@@ -52,9 +52,13 @@ class _LowRankSampler(Sampler):
                 f"side: {name or 'a parameter'}), so every parameter would take dense draws, as in MeZO; "
                 f"use a rank below {side} (LOZO's default is 2, SubZero's 24)")
 
+    def period(self, t: Step) -> int:
+        """Index of the refresh period of step ``t``: the factors change when it does."""
+        return t.index // self.refresh_every
+
     def period_seed(self, t: Step, salt: int) -> int:
         """Seed of the factors at step ``t``: changes every ``refresh_every`` steps."""
-        return mix(t.run_seed, salt, t.index // self.refresh_every)
+        return mix(t.run_seed, salt, self.period(t))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(rank={self.rank}, refresh_every={self.refresh_every})"
@@ -83,15 +87,39 @@ class Subspace(_LowRankSampler):
         f = self.factors(e, seed, t)
         return None if f is None else (f[0] @ f[1].T).view_as(e.param)
 
-    def factors(self, e: Perturbed, seed: int, t: Step) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def in_subspace(self, e: Perturbed) -> bool:
+        """Whether ``e`` gets subspace draws (False: it takes the dense stream)."""
+        return low_rank_shape(e.param, self.rank) is not None
+
+    def basis(self, e: Perturbed, t: Step) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(U, V), the orthonormal bases (m×r, n×r) of ``e``'s subspace at step ``t``, or None where
+        ``e`` takes dense draws. Every draw of the period is U·C·Vᵀ for an r×r core C (``core``), so
+        a rule can keep its state and take its LMO on the core (AdaNAGED's subspace spectral step)."""
         shape = low_rank_shape(e.param, self.rank)
         if shape is None:
             return None
         (m, n), r, dev = shape, self.rank, e.param.device
         base = self.period_seed(t, SUBSPACE)
-        u = self.orthonormal(mix(base, 1), e.key, m, r, dev)
-        v = self.orthonormal(mix(base, 2), e.key, n, r, dev)
-        z0 = self.rng.draw(seed, e.key, 0, r * r, r * r, self.kind, device=dev).view(r, r)
+        return self.orthonormal(mix(base, 1), e.key, m, r, dev), self.orthonormal(mix(base, 2), e.key, n, r, dev)
+
+    def core(self, e: Perturbed, direction, t: Step) -> torch.Tensor:
+        """The r×r core of ``direction`` (((seed, weight), ...)) on ``e``: Σ w·√(mn)/r·Z₀(seed), so
+        that the direction materialised is U·core·Vᵀ; 2 r² numbers per draw, no m×n product."""
+        m = e.param.shape[0]
+        n, r = e.param.numel() // m, self.rank
+        total = torch.zeros(r, r, dtype=torch.float32, device=e.param.device)
+        for seed, w in direction:
+            z0 = self.rng.draw(seed, e.key, 0, r * r, r * r, self.kind, device=e.param.device).view(r, r)
+            total.add_(z0, alpha=w)
+        return total.mul_(math.sqrt(m * n) / r)
+
+    def factors(self, e: Perturbed, seed: int, t: Step) -> tuple[torch.Tensor, torch.Tensor] | None:
+        bases = self.basis(e, t)
+        if bases is None:
+            return None
+        (u, v), r = bases, self.rank
+        z0 = self.rng.draw(seed, e.key, 0, r * r, r * r, self.kind, device=e.param.device).view(r, r)
+        m, n = u.shape[0], v.shape[0]
         return (u * (math.sqrt(m * n) / r)) @ z0, v
 
 
