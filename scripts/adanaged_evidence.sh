@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
-# Issue 10's evidence runs, one after another on one thread (OMP_NUM_THREADS=1) so two lanes can share
-# a 2-core machine: `bash scripts/adanaged_evidence.sh baselines` (MeZO grid, ZO-SGD-MMT) and
-# `bash scripts/adanaged_evidence.sh adanaged` (AdaNAGED's defaults and its configurations).
-# Logs in runs/evidence/<name>.log; the plot: `python scripts/plot_evidence.py`.
+# Issue 10's evidence runs, one after another on one thread so two lanes share a 2-core machine:
+#   bash scripts/adanaged_evidence.sh baselines   # MeZO at lr 1e-5, 3e-5, 1e-4 and ZO-SGD-MMT
+#   bash scripts/adanaged_evidence.sh adanaged    # AdaNAGED's defaults, the loss-scale check, its configurations
+# Logs in runs/evidence/<name>.log; then `python scripts/plot_evidence.py` draws docs/adanaged-evidence.png.
 set -u
 lane=${1:?baselines or adanaged}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-zotune=${ZOTUNE:-.venv/bin/zotune}
+# one thread per run, and no spinning idle OpenMP/numba workers stealing the other lane's core
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} NUMBA_NUM_THREADS=${NUMBA_NUM_THREADS:-1} OMP_WAIT_POLICY=PASSIVE
+py=${PYTHON:-.venv/bin/python}
 base=configs/adanaged-evidence/base.yaml
 mkdir -p runs/evidence
 run() {  # name, then train flags
   local name=$1; shift
   [ -f runs/evidence/$name/results.json ] && { echo "skip $name (done)"; return; }
   echo "$(date -u +%T) start $name"
-  $zotune train --config $base --out runs/evidence/$name --overwrite --no-progress "$@" > runs/evidence/$name.log 2>&1
+  $py -m zotune train --config $base --out runs/evidence/$name --overwrite --no-progress "$@" > runs/evidence/$name.log 2>&1
   echo "$(date -u +%T) end $name rc=$?"
 }
 case $lane in
@@ -25,6 +26,15 @@ case $lane in
     ;;
   adanaged)
     run adanaged --optimizer adanaged
+    echo "$(date -u +%T) start loss-scale"
+    $py scripts/adanaged_loss_scale.py --steps 50 --out runs/evidence/loss-scale.json > runs/evidence/loss-scale.log 2>&1
+    echo "$(date -u +%T) end loss-scale rc=$?"
+    # the configurations on a shorter budget (100 steps, dev at 100, test at the end)
+    run adanaged-sign-100 --optimizer adanaged --steps 100 --opt sampler=dense --opt geometry=sign
+    run adanaged-r8-100 --optimizer adanaged --steps 100 --opt 'sampler={name: subspace, rank: 8, refresh_every: 100}'
+    run adanaged-r64-100 --optimizer adanaged --steps 100 --opt 'sampler={name: subspace, rank: 64, refresh_every: 100}'
+    run adanaged-r32-f25-100 --optimizer adanaged --steps 100 --opt 'sampler={name: subspace, rank: 32, refresh_every: 25}'
+    run adanaged-dense-spectral-30 --optimizer adanaged --steps 30 --eval-every 0 --opt sampler=dense
     ;;
   *) echo "unknown lane $lane"; exit 2 ;;
 esac

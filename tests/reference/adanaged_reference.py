@@ -2,7 +2,7 @@
 only the abstract was available): two-point estimate, (Nesterov) momentum, a per-block LMO step
 whose length is DoG's parameter-free rule, and a smoothing radius that follows the step size.
 
-Start: r̄_b = r_eps·(1 + ‖θ₀_b‖_b),  τ₀ = r_eps·(1 + RMS(θ₀)),  τ_min = 0 for fp32 weights.
+Start: r̄_b = r_eps·(1 + ‖θ₀_b‖_b),  τ₀ = r_eps·(1 + RMS(θ₀)),  τ_min = 2·eps(forward_dtype)·RMS(θ₀).
 Per step, with ĝ the n-SPSA estimate at radius τ:
     m ← βm + (1 − β)ĝ;  d = βm + (1 − β)ĝ (nesterov) or m;  β = 0: d = ĝ
       ("seeds" momentum: m = Σ_{k<K} (1 − β)β^k ĝ_{t−k} over the last K = history estimates)
@@ -125,7 +125,8 @@ class Reference(Twin):
 
     def __init__(self, named_params, beta: float = 0.9, nesterov: bool = True, geometry: str = "auto",
                  momentum_state: str = "buffer", history: int = 16, distance: str = "exact",
-                 r_eps: float = 1e-3, step_scale: float = 1.0, sampler=DEFAULT_SAMPLER, **common):
+                 r_eps: float = 1e-3, step_scale: float = 1.0, sampler=DEFAULT_SAMPLER,
+                 forward_dtype: str = "bfloat16", **common):
         super().__init__(named_params, **common)
         self.beta, self.nesterov, self.momentum_state, self.history = beta, nesterov, momentum_state, history
         self.distance, self.r_eps, self.step_scale = distance, r_eps, step_scale
@@ -150,7 +151,10 @@ class Reference(Twin):
                 if n not in self.sub:
                     self.state[n]["theta0"] = p.detach().clone()
         flat = torch.cat([p.detach().reshape(-1) for p in self.params.values()])
-        self.tau = r_eps * (1 + float(flat.square().mean().sqrt()))
+        rms = float(flat.square().mean().sqrt())
+        self.tau = r_eps * (1 + rms)
+        # τ's floor: 2 ulps of an RMS-sized weight in the forward's precision (bf16 autocast by default)
+        self.tau_min = 2 * torch.finfo(getattr(torch, forward_dtype)).eps * rms
         self.past: list[dict[str, torch.Tensor]] = []
 
     def basis(self, name: str, period: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -241,7 +245,7 @@ class Reference(Twin):
             elif self.step_scale:
                 self.radius[name] = max(self.radius[name], self.norm(name, p - self.state[name]["theta0"]))
         if sq > 0:
-            self.tau = math.sqrt(sq / count)
+            self.tau = max(self.tau_min, math.sqrt(sq / count))
         self.finish(sum(gs) / len(gs))
         self.cores()
         return loss

@@ -60,6 +60,7 @@ from zotune.optim.registry import register
 MOMENTUM_STATES = ("buffer", "seeds")
 DISTANCES = ("exact", "bound")
 NS_DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16}
+FORWARD_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # The default directions: SubZero's subspaces, where the spectral LMO is an r×r SVD (see the docstring).
 DEFAULT_SAMPLER = {"name": "subspace", "rank": 32, "refresh_every": 100}
 PENDING_BYTES = 256 << 20  # dense spectral estimates held at once for one batched Newton–Schulz
@@ -117,6 +118,10 @@ class AdaNAGED(ZOOptimizer):
         step_scale: multiplier on every applied step (0 makes steps no-ops).
         ns_dtype: "auto", "float32" or "bfloat16": the dtype of Newton–Schulz's quintic iterations
             (dense spectral tensors only; "auto" = bf16 where matmuls are native and matrices large).
+        forward_dtype: the lowest precision the closure computes in ("bfloat16": zotune's
+            ``forward_closure`` and most GPU training use bf16 autocast; "float32" for an fp32
+            forward): τ never falls below 2·eps(forward_dtype)·RMS(θ₀), where a perturbation would
+            be rounded away inside the forward and the finite difference would measure rounding.
         sampler (engine option): default ``DEFAULT_SAMPLER``, SubZero's subspaces; ``sampler="dense"``
             gives the dense configurations (geometry "auto": Newton–Schulz; "sign": sign steps).
     The returned loss is the mean of the perturbed losses.
@@ -124,7 +129,8 @@ class AdaNAGED(ZOOptimizer):
 
     def __init__(self, params, beta: float = 0.9, nesterov: bool = True, geometry="auto",
                  momentum_state: str = "buffer", history: int = 16, distance: str = "exact",
-                 r_eps: float = 1e-3, step_scale: float = 1.0, ns_dtype: str = "auto", **engine):
+                 r_eps: float = 1e-3, step_scale: float = 1.0, ns_dtype: str = "auto",
+                 forward_dtype: str = "bfloat16", **engine):
         check_finite_options("AdaNAGED", {"r_eps": r_eps, "step_scale": step_scale})
         if not 0.0 <= beta < 1.0:
             raise ValueError(f"beta must be in [0, 1), got {beta}")
@@ -142,6 +148,9 @@ class AdaNAGED(ZOOptimizer):
             raise ValueError(f"geometry must be 'auto', one of {GEOMETRIES} or a pattern mapping, got {geometry!r}")
         if ns_dtype not in NS_DTYPES:
             raise ValueError(f"ns_dtype must be one of {sorted(NS_DTYPES)}, got {ns_dtype!r}")
+        if forward_dtype not in FORWARD_DTYPES:
+            raise ValueError(f"forward_dtype must be one of {sorted(FORWARD_DTYPES)} (the lowest precision the "
+                             f"closure computes in), got {forward_dtype!r}")
         engine.setdefault("sampler", dict(DEFAULT_SAMPLER))
         super().__init__(params, dict(beta=beta, nesterov=nesterov, step_scale=step_scale), **engine)
         self.momentum_state = momentum_state
@@ -149,6 +158,7 @@ class AdaNAGED(ZOOptimizer):
         self.distance = distance
         self.r_eps = float(r_eps)
         self.ns_dtype = NS_DTYPES[ns_dtype]
+        self.forward_dtype = FORWARD_DTYPES[forward_dtype]
         override = None if geometry == "auto" else geometry
         in_subspace = getattr(self.sampler, "in_subspace", lambda e: False)
         self.in_subspace = {id(e.param) for e in self.engine.params if in_subspace(e)}
@@ -167,7 +177,7 @@ class AdaNAGED(ZOOptimizer):
 
     def start(self) -> None:
         """Initial radii from θ₀ (and θ₀ itself for distance="exact" on dense tensors); reads weights only."""
-        sq, count, tau_min = 0.0, 0, 0.0
+        sq, count, tau_min = 0.0, 0, 2 * torch.finfo(self.forward_dtype).eps
         for group in self.param_groups:
             for e in self.trainable(group):
                 p = e.param.detach()
