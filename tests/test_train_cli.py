@@ -183,6 +183,22 @@ def test_bench_prints_ratios_measured_in_one_run(tmp_path, capsys):
     assert main(["bench", "--model", "tiny-llama", "--methods", "mezzo"]) == 2
 
 
+def test_bench_methods_take_options(capsys):
+    """``NAME:KEY=VALUE`` entries time a method's configurations side by side (commas inside braces
+    belong to the value); a malformed entry (before the model loads) or an unknown option exits with 2."""
+    from zotune.bench import method_entry, split_methods
+
+    entries = split_methods("mezo,adanaged:sampler={name: subspace, rank: 2}:beta=0.5,adanaged:sampler=dense")
+    assert entries == ("mezo", "adanaged:sampler={name: subspace, rank: 2}:beta=0.5", "adanaged:sampler=dense")
+    assert method_entry(entries[1]) == ("adanaged", {"sampler": {"name": "subspace", "rank": 2}, "beta": 0.5})
+    assert main(["bench", "step", "--model", "tiny-llama", "--steps", "1", "--warmup", "0", "--batch", "2",
+                 "--seq", "8", "--methods", ",".join(entries[1:])]) == 0
+    phases = [json.loads(x)["phase"] for x in capsys.readouterr().out.splitlines()]
+    assert phases[1:3] == list(entries[1:])
+    assert main(["bench", "--model", "tiny-llama", "--methods", "adanaged:rank"]) == 2
+    assert main(["bench", "--model", "tiny-llama", "--methods", "adanaged:no_such_option=1"]) == 2
+
+
 def test_bench_memory_runs_each_phase_in_its_own_process(capsys):
     from zotune.bench import bench_step
 

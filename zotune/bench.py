@@ -94,18 +94,23 @@ def _timed(fn: Callable[[], object], steps: int, warmup: int, device: torch.devi
     return statistics.median(times), peak
 
 
-def split_methods(text: str) -> tuple[str, ...]:
-    """``--methods`` split at the commas outside braces: ``mezo,adanaged:sampler={name: subspace, rank: 64}``
-    is two entries."""
-    entries, depth, current = [], 0, ""
+def split_top_level(text: str, sep: str) -> list[str]:
+    """``text`` split at each ``sep`` outside braces and brackets (YAML values keep their own)."""
+    parts, depth, current = [], 0, ""
     for ch in text:
         depth += (ch in "{[") - (ch in "}]")
-        if ch == "," and depth == 0:
-            entries.append(current)
+        if ch == sep and depth == 0:
+            parts.append(current)
             current = ""
         else:
             current += ch
-    return tuple(e.strip() for e in [*entries, current] if e.strip())
+    return [*parts, current]
+
+
+def split_methods(text: str) -> tuple[str, ...]:
+    """``--methods`` split at the commas outside braces: ``mezo,adanaged:sampler={name: subspace, rank: 64}``
+    is two entries."""
+    return tuple(e.strip() for e in split_top_level(text, ",") if e.strip())
 
 
 def method_entry(entry: str) -> tuple[str, dict]:
@@ -114,7 +119,7 @@ def method_entry(entry: str) -> tuple[str, dict]:
     configuration. A phase is named by its whole entry."""
     import yaml
 
-    name, *options = entry.split(":")
+    name, *options = split_top_level(entry, ":")
     parsed = {}
     for option in options:
         if "=" not in option:
