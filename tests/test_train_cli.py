@@ -193,8 +193,9 @@ def test_bench_methods_take_options(capsys):
     assert method_entry(entries[1]) == ("adanaged", {"sampler": {"name": "subspace", "rank": 2}, "beta": 0.5})
     assert main(["bench", "step", "--model", "tiny-llama", "--steps", "1", "--warmup", "0", "--batch", "2",
                  "--seq", "8", "--methods", ",".join(entries[1:])]) == 0
-    phases = [json.loads(x)["phase"] for x in capsys.readouterr().out.splitlines()]
-    assert phases[1:3] == list(entries[1:])
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [r["phase"] for r in rows[1:3]] == list(entries[1:])
+    assert 0 < rows[1]["state_bytes"] < rows[2]["state_bytes"]  # r×r cores against dense buffers
     assert main(["bench", "--model", "tiny-llama", "--methods", "adanaged:rank"]) == 2
     assert main(["bench", "--model", "tiny-llama", "--methods", "adanaged:no_such_option=1"]) == 2
 

@@ -185,7 +185,9 @@ def phase_fn(name: str, net, closure, device, lr: float, eps: float, noise: str)
     zeroth_order = OPTIMIZERS[method][2]
     opt = build_optimizer(method, list(net.named_parameters()), **_method_args(method, lr, eps),
                           **({"noise": noise} if zeroth_order else {}), **options)
-    return (lambda: opt.step(closure)) if zeroth_order else _first_order(opt, closure)
+    fn = (lambda: opt.step(closure)) if zeroth_order else _first_order(opt, closure)
+    fn.optimizer = opt  # its state_bytes() go into the phase's row
+    return fn
 
 
 def _first_order(opt, closure) -> Callable[[], None]:
@@ -258,6 +260,8 @@ def bench_step(model: str = "smollm2", batch_size: int = 16, seq: int = 64, dtyp
             net.load_state_dict(weights)
         rows[name] = {"phase": name, "ms": 1000 * seconds, "peak_gib": peak,
                       "peak_kind": "cuda_max_allocated" if peak is not None else None}
+        if hasattr(getattr(fn, "optimizer", None), "state_bytes"):
+            rows[name]["state_bytes"] = fn.optimizer.state_bytes()  # optimizer state kept between steps
         del fn
         if dev.type == "cuda":
             torch.cuda.empty_cache()
@@ -325,11 +329,15 @@ def format_table(result: dict) -> str:
     head = (f"{result['model']} on {result['device']} ({result['dtype']}), "
             f"{'task ' + result['task'] if result.get('task') else 'random tokens'}, batch {result['batch_size']} × "
             f"{result['seq']}, autocast {result['autocast']}, noise {result['noise']}, median of {result['steps']} steps")
-    lines = [head, f"{'phase':<28}{'ms/step':>10}{'× forward':>11}{'× textbook':>12}{'peak GiB':>10}{'× infer':>9}"]
+    width = max([28, *(len(n) + 2 for n in result["phases"])])
+    lines = [head, f"{'phase':<{width}}{'ms/step':>10}{'× forward':>11}{'× textbook':>12}{'peak GiB':>10}{'× infer':>9}"
+                   f"{'state MiB':>11}"]
     for name, r in result["phases"].items():
         peak = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
         xi = "-" if r.get("x_inference_peak") is None else f"{r['x_inference_peak']:.2f}"
-        lines.append(f"{name:<28}{r['ms']:>10.1f}{r['x_forward']:>11.2f}{r['x_textbook_mezo']:>12.2f}{peak:>10}{xi:>9}")
+        state = "-" if r.get("state_bytes") is None else f"{r['state_bytes'] / 2**20:.2f}"
+        lines.append(f"{name:<{width}}{r['ms']:>10.1f}{r['x_forward']:>11.2f}{r['x_textbook_mezo']:>12.2f}{peak:>10}"
+                     f"{xi:>9}{state:>11}")
     return "\n".join(lines)
 
 
