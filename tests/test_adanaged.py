@@ -183,3 +183,22 @@ def test_geometry_is_per_block_and_validated():
             AdaNAGED(model.named_parameters(), **bad)
     with pytest.raises(ValueError, match="closure"):
         opt.step(None)
+
+
+def test_smoothing_radius_stays_visible_in_the_forward_precision():
+    """τ never falls below 2 ulps of an RMS-sized weight in ``forward_dtype`` (bf16 by default: a
+    bf16-autocast forward rounds smaller perturbations away); an fp32 forward lets it follow the
+    steps further down; an unknown dtype is refused."""
+    floors = {}
+    for dtype in ("bfloat16", "float32"):
+        model, closure = mlp()
+        rms = torch.cat([p.detach().flatten() for p in model.parameters()]).square().mean().sqrt().item()
+        opt = AdaNAGED(model.named_parameters(), forward_dtype=dtype)
+        for _ in range(30):
+            opt.step(closure)
+        floors[dtype] = opt.tau_min
+        assert opt.tau_min == pytest.approx(2 * torch.finfo(getattr(torch, dtype)).eps * rms)
+        assert opt.tau >= opt.tau_min
+    assert floors["float32"] < floors["bfloat16"] / 1000
+    with pytest.raises(ValueError, match="forward_dtype"):
+        AdaNAGED(mlp()[0].named_parameters(), forward_dtype="int8")

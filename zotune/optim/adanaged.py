@@ -6,7 +6,9 @@ LMO-based Methods: Novel Approach for Efficient Fine-tuning" (arXiv 2606.14970).
 was available: ZO estimates + parameter-free (PF) step size and smoothing + per-block LMO geometry.
 The algorithm box, the norms, the PF rules and the meaning of "NAG" were NOT available, so the rule
 below is a reconstruction (docs/methods.md, section AdaNAGED; the research digest, algorithms.md §1.4) from
-JAGUAR/ZO-Muon (arXiv 2506.04430), uSCG/Scion LMOs (arXiv 2502.07529) and DoG (arXiv 2302.12022).
+JAGUAR/ZO-Muon (arXiv 2506.04430), uSCG/Scion LMOs (arXiv 2502.07529) and DoG (arXiv 2302.12022);
+the default subspace directions are SubZero's (Yu et al., arXiv 2410.08989), as in ZO-Muon
+(OPTML-Group, arXiv 2602.17155: a subspace + Newton–Schulz method).
 
 Per step t, with τ_t the smoothing radius and z(s) the sampler's draws (n-SPSA: n of them). A
 "block" in the paper's sense is one parameter tensor here (index b below):
@@ -21,27 +23,40 @@ Per step t, with τ_t the smoothing radius and z(s) the sampler's draws (n-SPSA:
         r̄_b ← max(r̄_b, ‖θ_b − θ₀_b‖_b)   (distance="exact")  or  max(r̄_b, Σ γ_b)  ("bound")
     τ_{t+1} = max(τ_min, RMS over all elements of the step just computed)
 
+In a subspace (the default sampler, SubZero's U·Z₀·Vᵀ draws with rank r = 32 and new U, V every
+100 steps), a matrix's ĝ, m and d are U·(r×r core)·Vᵀ, so the block rule runs on the cores: the
+spectral LMO is −U·P·Qᵀ·Vᵀ for the core's SVD P·S·Qᵀ and δ = Σ S (exact, no Newton–Schulz), the
+momentum is an r×r core (projected onto the new subspace at a refresh), and the distance is exact
+within a period (an r×r displacement core Δ) and summed over periods: r̄ ← max(r̄, R + ‖Δ‖_op).
+
 Why each choice: the LMO makes the step's shape scale-free, and γ = r̄·δ/√G is DoG's step
 η‖g‖ written for a normed step (for geometry="euclidean" it is exactly DoG), so the iterates do not
 change when the loss is multiplied by any constant. G sums the norms of the raw estimates, not of
 the momentum: with ZO noise a momentum of random directions drifts coherently, and normalising by
 its own (small) norm made r̄ and the steps run away (measured: divergence on least squares);
-normalising by the raw estimates shrinks the step by the momentum's signal-to-noise ratio. τ is the per-element size of the last step: the
-finite difference probes the scale at which the method actually moves, shrinks as steps shrink, and
-is as loss-scale free as the step. τ_min = 2·eps(dtype)·RMS(θ₀) keeps the perturbation visible in
-half precision. Start: r̄_b = r_eps·(1 + ‖θ₀_b‖_b), τ_0 = r_eps·(1 + RMS(θ₀)), r_eps = 1e-3 (MeZO's
-ε at unit scale; DoG's 1e-6 grows too slowly under ZO noise: an assumption, measured on the tests).
+normalising by the raw estimates shrinks the step by the momentum's signal-to-noise ratio. τ is the
+per-element size of the last step: the finite difference probes the scale at which the method
+actually moves, shrinks as steps shrink, and is as loss-scale free as the step. τ_min =
+2·eps(p)·RMS(θ₀), p the lower of the weights' dtype and ``forward_dtype`` (bf16 by default): a
+smaller perturbation is rounded away inside a bf16-autocast forward (measured on SmolLM2: the
+finite-difference slope 39 at τ = 1e-3, 635 at 1e-5, against 38 in fp32). The subspace makes the
+spectral step cost an r×r SVD per matrix instead of two Newton–Schulz runs on m×n (27–35 s per
+SmolLM2 step on 2 CPU cores), and the state r² numbers per matrix instead of 2·m·n. Start:
+r̄_b = r_eps·(1 + ‖θ₀_b‖_b), τ_0 = r_eps·(1 + RMS(θ₀)), r_eps = 1e-3 (MeZO's ε at unit scale;
+DoG's 1e-6 grows too slowly under ZO noise: an assumption, measured on the tests).
 
-Forward passes per step: 2·num_directions. State (× trainable elements, fp32 params):
-    momentum_state="buffer": 1 (fp32 m, kept fp32 for half params too); "seeds": 0 (the last
-    ``history`` (seed, g) pairs; m is rebuilt per tensor at ``history``× the noise cost; m is
-    truncated to the last K terms); beta=0: 0.
-    distance="exact": +1 (θ₀ in the parameter's dtype); "bound": 0 (r̄ from the scalar Σγ, valid
-    because every LMO step has norm γ in its tensor's geometry, but it overestimates once the iterate turns around).
-    Defaults: buffer + exact = 2×; the O(1) variant momentum_state="seeds", distance="bound" = 0×
-    (plus O(tensors + K) scalars).
-Defaults: beta 0.9, nesterov on (assumptions: the usual Muon/Lion momentum), geometry "auto".
-``step_scale`` multiplies every applied step (0 = a no-op step that still updates the statistics).
+Forward passes per step: 2·num_directions. State in bytes (docs/methods.md, tested): per subspace
+matrix 4r² for the momentum core (β > 0) and 4r² for Δ ("exact"); per dense tensor 4·numel for the
+momentum buffer (momentum_state="buffer", β > 0) and θ₀ in the weights' dtype ("exact").
+SmolLM2-135M, defaults: 2.0 MB (0.004 × the fp32 weights); dense configurations: 2 × (1 GB).
+Dense variants: momentum_state="seeds" keeps no buffer (the last ``history`` (seed, g) pairs; m is
+rebuilt per tensor at ``history``× the noise cost and truncated to the last K terms);
+distance="bound" keeps no θ₀ (r̄ from the scalar Σγ, valid because every LMO step has norm γ in
+its tensor's geometry, but it overestimates once the iterate turns around); seeds + bound = 0×.
+Defaults: beta 0.9, nesterov on (assumptions: the usual Muon/Lion momentum), geometry "auto",
+sampler subspace (rank 32, refresh every 100: chosen from the SST-2 measurements in
+docs/methods.md). ``step_scale`` multiplies every applied step (0 = a no-op step that still updates
+the statistics).
 """
 
 from __future__ import annotations
