@@ -25,7 +25,6 @@ case $lane in
     run zo-sgd-mmt-3e-6 --optimizer zo-sgd-momentum --lr 3e-6 --eps 1e-3
     ;;
   adanaged)
-    while [ -n "${WAIT_FOR:-}" ] && kill -0 "$WAIT_FOR" 2>/dev/null; do sleep 20; done  # a run already under way
     run adanaged --optimizer adanaged
     echo "$(date -u +%T) start loss-scale"
     $py scripts/adanaged_loss_scale.py --steps 50 --out runs/evidence/loss-scale.json > runs/evidence/loss-scale.log 2>&1
@@ -33,8 +32,7 @@ case $lane in
     # the configurations on a shorter budget (100 steps, dev at 100, test at the end)
     run adanaged-sign-100 --optimizer adanaged --steps 100 --opt sampler=dense --opt geometry=sign
     run adanaged-r8-100 --optimizer adanaged --steps 100 --opt 'sampler={name: subspace, rank: 8, refresh_every: 100}'
-    run adanaged-r64-100 --optimizer adanaged --steps 100 --opt 'sampler={name: subspace, rank: 64, refresh_every: 100}'
-    run adanaged-dense-spectral-30 --optimizer adanaged --steps 30 --eval-every 0 --opt sampler=dense
+    # (dense spectral, --opt sampler=dense, costs ~28 s a step here: timed by `zotune bench`, not trained)
     ;;
   *) echo "unknown lane $lane"; exit 2 ;;
 esac
