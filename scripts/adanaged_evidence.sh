@@ -29,6 +29,9 @@ case $lane in
     echo "$(date -u +%T) start loss-scale"
     $py scripts/adanaged_loss_scale.py --steps 50 --out runs/evidence/loss-scale.json > runs/evidence/loss-scale.log 2>&1
     echo "$(date -u +%T) end loss-scale rc=$?"
+    # scales exact in floating point (powers of two): the scaled losses round exactly as the unscaled
+    $py scripts/adanaged_loss_scale.py --steps 20 --scales 1,128,0.0078125 --out runs/evidence/loss-scale-pow2.json \
+      > runs/evidence/loss-scale-pow2.log 2>&1
     # the configurations on a shorter budget (100 steps, dev at 100, test at the end)
     run adanaged-sign-100 --optimizer adanaged --steps 100 --opt sampler=dense --opt geometry=sign
     run adanaged-r8-100 --optimizer adanaged --steps 100 --opt 'sampler={name: subspace, rank: 8, refresh_every: 100}'
