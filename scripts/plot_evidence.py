@@ -33,9 +33,11 @@ def main() -> None:
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(12, 4.2))
     print("| run | steps | forward passes | dev accuracy (last) | best dev | test accuracy | zero-shot test | train s |")
     print("|---|---|---|---|---|---|---|---|")
-    for folder in sorted(p.parent for p in root.glob("*/results.json")):
-        res = json.loads((folder / "results.json").read_text())
-        passes, steps = res.get("train_forward_passes"), res.get("steps") or res.get("config", {}).get("steps")
+    for folder in sorted(p.parent for p in root.glob("*/metrics.jsonl")):
+        # a run stopped early (e.g. a diverged grid point) has no results: its curve, no test point
+        done = folder / "results.json"
+        res = json.loads(done.read_text()) if done.exists() else {}
+        passes = res.get("train_forward_passes")
         _, recs = read_metrics(folder)
         per_step = passes / max(1, max(r["step"] for r in recs)) if passes else 2.0
         print(f"| {folder.name} | {max(r['step'] for r in recs)} | {passes} | {res.get('final_dev_accuracy')} | "
@@ -45,8 +47,9 @@ def main() -> None:
             continue
         acc = [(r["step"] * per_step, r["dev_accuracy"]) for r in recs if r.get("dev_accuracy") is not None]
         (line,) = ax_acc.plot(*zip(*acc), marker="o", markersize=3, label=folder.name)
-        ax_acc.plot([per_step * acc[-1][0] / per_step], [res.get("test_accuracy")], marker="*", markersize=9,
-                    color=line.get_color(), linestyle="none")
+        if res.get("test_accuracy") is not None:
+            ax_acc.plot([acc[-1][0]], [res["test_accuracy"]], marker="*", markersize=9, color=line.get_color(),
+                        linestyle="none")
         loss = [(r["step"] * per_step, r["loss"]) for r in recs if isinstance(r.get("loss"), (int, float))]
         xs, ys = zip(*loss)
         ema, m = [], 0.0
@@ -58,7 +61,7 @@ def main() -> None:
             ax_acc.plot([0], [res["zero_shot_test_accuracy"]], marker="o", fillstyle="none", color="gray")
     ax_acc.set(title="SST-2 dev accuracy (300 ex.; ★ = test, 1000 ex.; ○ = zero-shot test)",
                xlabel="forward passes", ylabel="accuracy")
-    ax_loss.set(title="training loss (EMA 0.95)", xlabel="forward passes", ylabel="loss")
+    ax_loss.set(title="training loss (EMA 0.95, log scale)", xlabel="forward passes", ylabel="loss", yscale="log")
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
