@@ -144,3 +144,22 @@ def test_check_args_needs_no_parameters():
         check_args("forward-grad", {"eps": 1e-3})
     with pytest.raises(ValueError, match="unknown optimizer"):
         check_args("mezzo", {})
+
+
+def test_cached_subspace_bases_are_the_regenerated_ones():
+    """Subspace's cache changes no number: the bases and the draws equal those of a sampler that
+    regenerates them; at most two periods are held, Σ r·(m + n)·4 bytes each."""
+    from zotune.engine import Step
+    from zotune.perturb import Perturbed
+
+    params = [Perturbed(torch.randn(12, 9), key=k, name=f"w{k}", index=k) for k in (1, 2)]
+    cached = Subspace(rank=3, refresh_every=2).bind(params, "gaussian")
+    fresh = Subspace(rank=3, refresh_every=2, cache_bases=False).bind(params, "gaussian")
+    for index in range(7):
+        t = Step(5, index)
+        for e in params:
+            for a, b in zip(cached.basis(e, t), fresh.basis(e, t)):
+                assert torch.equal(a, b)
+            assert torch.equal(cached.draw(e, 11, t), fresh.draw(e, 11, t))
+    assert len(cached.cached) == 2 and fresh.cached == {}
+    assert cached.cache_bytes() == 2 * 2 * 3 * (12 + 9) * 4

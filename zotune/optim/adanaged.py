@@ -234,7 +234,7 @@ class AdaNAGED(ZOOptimizer):
             self.past = ([parts] + self.past)[: self.history]
         squares: list[float] = []  # per tensor, in order: the squared Frobenius norm of its step
         pending: list[tuple] = []  # dense spectral tensors awaiting one batched Newton–Schulz
-        count = 0
+        count = held = 0  # elements stepped; bytes of the pending estimates
         for group, e, part in self.estimated(est):
             count += e.param.numel()
             squares.append(0.0)
@@ -247,8 +247,10 @@ class AdaNAGED(ZOOptimizer):
                                                                       self.stats[e.key]))
                 continue
             pending.append((len(squares) - 1, group, e, g, d))
-            if sum(x[3].numel() + x[4].numel() for x in pending) * 4 >= PENDING_BYTES:
+            held += 8 * g.numel()
+            if held >= PENDING_BYTES:
                 self.spectral_steps(pending, squares)
+                held = 0
         self.spectral_steps(pending, squares)
         sq = sum(squares)
         if sq > 0:
@@ -316,9 +318,9 @@ class AdaNAGED(ZOOptimizer):
         if self.period is not None and period != self.period:
             before = Step(t.run_seed, self.period * self.sampler.refresh_every)
             for e in self.engine.params:
-                state = self.state[e.param]
                 if id(e.param) not in self.in_subspace:
                     continue
+                state = self.state[e.param]  # (after the check: reading self.state adds an entry)
                 if "momentum_core" in state:
                     (u0, v0), (u1, v1) = self.sampler.basis(e, before), self.sampler.basis(e, t)
                     state["momentum_core"].copy_((u1.T @ u0) @ state["momentum_core"] @ (v0.T @ v1))
