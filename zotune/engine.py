@@ -7,6 +7,7 @@ A method calls these and never subclasses into them (``docs/engine.md``):
   c = 0 evaluates θ itself;
 - ``two_point`` and ``spsa``: the central two-point estimate along one direction, and n of them
   on every parameter subset the sampler gives this step (the n-point SPSA estimate);
+  ``one_sided_spsa``: n forward differences against one unperturbed forward (n + 1 passes);
 - ``tensor(p, direction)``: a direction materialised for one parameter (fp32), for rules that need
   the estimate as a tensor (momentum, Adam, LMOs);
 - ``write(p, delta, decay)`` and ``write_along(p, direction, coef, decay)``: the one write pass
@@ -39,6 +40,8 @@ from zotune.tape import Tape
 Direction = int | tuple[tuple[int, float], ...] | list[tuple[int, float]]
 # The parameters one estimate covers: a set of id(param), or None for every parameter.
 Subset = frozenset[int] | None
+# The point a loss is evaluated around, per parameter (default: the parameter itself).
+Origin = Callable[[Perturbed], torch.Tensor]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -293,38 +296,41 @@ class Engine:
         self.learn_layout(pert.visits)
 
     def loss_at(self, closure: Callable, direction: Direction | Callable[[Perturbed], Direction | None],
-                scale: float, subset: Subset = None) -> torch.Tensor:
+                scale: float, subset: Subset = None, origin: Origin | None = None) -> torch.Tensor:
         """Loss of the closure at θ + scale·d, under no_grad; weights are not written.
 
         ``direction`` is one direction for every parameter of ``subset`` (None: all), or a function
         giving each parameter its direction (None: not perturbed), e.g. the parts of an estimate.
-        ``scale=0`` evaluates θ itself, with no copies built. On replay (``self.tape`` playing) the
-        recorded value is returned and neither the closure nor the weights are touched."""
+        ``scale=0`` evaluates θ itself, with no copies built. ``origin(e)``: evaluate around that
+        tensor instead of each parameter (θ̄ + scale·d, every parameter read from it; MeZO-SVRG's
+        anchor). On replay (``self.tape`` playing) the recorded value is returned and neither the
+        closure nor the weights are touched."""
         if self.tape.playing:
             return self.tape.next()
-        loss = self._loss_at(closure, direction, scale, subset)
+        loss = self._loss_at(closure, direction, scale, subset, origin)
         self.tape.record(loss)
         return loss
 
-    def _loss_at(self, closure, direction, scale: float, subset: Subset) -> torch.Tensor:
+    def _loss_at(self, closure, direction, scale: float, subset: Subset, origin: Origin | None) -> torch.Tensor:
         with torch.no_grad():
-            if scale == 0:
+            if scale == 0 and origin is None:
                 return _as_loss(closure())
             along = direction if callable(direction) else (
                 lambda e: direction if subset is None or id(e.param) in subset else None)
+            base = origin or (lambda e: e.param)
 
             def make(e: Perturbed, dtype: torch.dtype | None) -> torch.Tensor:
-                d = along(e)
-                if d is None:
-                    return e.param if dtype is None else e.param.to(dtype)
+                d, p = along(e), base(e)
+                if d is None or scale == 0:
+                    return p if dtype is None else p.to(dtype)
                 fused = self.fused_terms(e, d)
                 if fused is not None:
-                    return self._fused.perturbed_copy(e.param, fused, scale, dtype, kind=self.sampler.kind)
-                return perturbed_copy(e.param, self.chunks(e, d), scale, self.chunk_size, dtype)
+                    return self._fused.perturbed_copy(p, fused, scale, dtype, kind=self.sampler.kind)
+                return perturbed_copy(p, self.chunks(e, d), scale, self.chunk_size, dtype)
 
-            def factors(e: Perturbed):
+            def factors(e: Perturbed):  # a Linear adding x·B·Aᵀ reads its own weight: not around an origin
                 d = along(e)
-                return None if d is None else self.low_rank_factors(e, d, scale)
+                return None if d is None or origin is not None else self.low_rank_factors(e, d, scale)
 
             pert = self.perturbation(make, factors=factors)
             with pert:
@@ -335,10 +341,11 @@ class Engine:
         return _as_loss(loss)
 
     def two_point(self, closure: Callable, direction: Direction, eps: float,
-                  subset: Subset = None) -> tuple[float, float]:
-        """L(θ+εd) and L(θ−εd) as floats (one host synchronisation). Raises on NaN/inf."""
-        lp = self.loss_at(closure, direction, eps, subset)
-        lm = self.loss_at(closure, direction, -eps, subset)
+                  subset: Subset = None, origin: Origin | None = None) -> tuple[float, float]:
+        """L(θ+εd) and L(θ−εd) as floats (one host synchronisation), θ = ``origin`` if given.
+        Raises on NaN/inf."""
+        lp = self.loss_at(closure, direction, eps, subset, origin)
+        lm = self.loss_at(closure, direction, -eps, subset, origin)
         lp_f, lm_f = torch.stack([lp, lm]).tolist()
         check_finite(lp_f, lm_f, step=self.clock().index + 1)
         return lp_f, lm_f
@@ -350,23 +357,42 @@ class Engine:
         check_finite(*losses, step=self.clock().index + 1)
         return losses
 
-    def spsa(self, closure: Callable, eps: float, n: int, within: Subset = None) -> Estimate:
+    def spsa(self, closure: Callable, eps: float, n: int, within: Subset = None,
+             origin: Origin | None = None) -> Estimate:
         """n-SPSA on every subset of the step: per subset, n two-point estimates along the draws
         of seeds ``Step.draw_seed(j)``, g_j = (L(θ+εz_j) − L(θ−εz_j)) / 2ε, and the mean of its 2n
-        losses. ``within`` restricts every subset (e.g. the ZO side of a hybrid method)."""
+        losses. ``within`` restricts every subset (e.g. the ZO side of a hybrid method); ``origin``
+        takes the estimate around another point than θ (``loss_at``)."""
         t = self.clock()
         parts, all_g = [], []
         for subset in self.subsets(within):
             terms, total = [], 0.0
             for j in range(n):
                 seed = t.draw_seed(j)
-                lp, lm = self.two_point(closure, seed, eps, subset)
+                lp, lm = self.two_point(closure, seed, eps, subset, origin)
                 terms.append((seed, (lp - lm) / (2 * eps)))
                 total += lp + lm
             parts.append(Part(subset, tuple(terms), n, total / (2 * n)))
             all_g += [g for _, g in terms]
         loss = sum(p.loss for p in parts) / len(parts)
         return Estimate(tuple(parts), loss, sum(all_g) / len(all_g))
+
+    def one_sided_spsa(self, closure: Callable, eps: float, n: int, within: Subset = None) -> Estimate:
+        """n forward differences against one unperturbed forward: L₀ = L(θ) once, then per subset
+        g_j = (L(θ + εz_j) − L₀) / ε along the draws of seeds ``Step.draw_seed(j)``. Each part's
+        loss is L₀, the loss at θ itself. Why: n queries for n + 1 forward passes (1 + n per subset)
+        instead of 2n, at an O(ε) bias in place of O(ε²) (FZOO, ZO-Muon)."""
+        t = self.clock()
+        l0 = self.loss_at(closure, t.seed, 0.0).item()
+        check_finite(l0, step=t.index + 1)
+        parts, all_g = [], []
+        seeds = [t.draw_seed(j) for j in range(n)]
+        for subset in self.subsets(within):
+            losses = self.one_sided(closure, seeds, eps, subset)
+            terms = tuple((s, (loss - l0) / eps) for s, loss in zip(seeds, losses))
+            parts.append(Part(subset, terms, n, l0))
+            all_g += [g for _, g in terms]
+        return Estimate(tuple(parts), l0, sum(all_g) / len(all_g))
 
     # ----------------------------------------------------------------- the write pass
     def write(self, e: Perturbed, delta: torch.Tensor, decay: float = 1.0) -> None:

@@ -163,6 +163,32 @@ def make_closure(model, batch, device, autocast, zeroth_order: bool, opt, counte
     return zo_closure if zeroth_order else fo_closure
 
 
+def make_anchor_closure(s, opt, step: int, counter: list[int]):
+    """The large-batch closure of an optimizer that asks for one at this step (MeZO-SVRG's anchor:
+    ``opt.anchor_due()``), else None: the mean loss of ``opt.anchor_batch_size`` training examples
+    drawn for this step from the run seed (so a resumed run draws the same ones, and the training
+    batches are not disturbed), run in microbatches of the training batch size."""
+    due = getattr(opt, "anchor_due", None)
+    if due is None or not due():
+        return None
+    config = s.config
+    pick = random.Random(f"anchor {config.seed} {step}").sample(range(len(s.train_ex)),
+                                                                 min(opt.anchor_batch_size, len(s.train_ex)))
+    parts = [pick[i:i + config.batch_size] for i in range(0, len(pick), config.batch_size)]
+    batches = [(len(p), encode(s.task, s.tokenizer, [s.train_ex[i] for i in p], max_length=s.max_length,
+                               objective=config.objective)) for p in parts]
+
+    def anchor_closure():
+        total = 0.0
+        for size, batch in batches:
+            counter[0] += 1
+            with autocast_context(s.device, config.autocast):
+                total = total + loss_fn(s.model, batch).float() * size
+        return total / len(pick)
+
+    return anchor_closure
+
+
 def autocast_context(device, autocast):
     from zotune.models import autocast_context as ctx
     return ctx(device, autocast) if autocast else nullcontext()
@@ -515,8 +541,9 @@ def run_loop(s: Session, prog: Progress, writer: TrajectoryWriter, base: dict, p
                 calls = counter[0]
                 if s.zeroth_order:
                     opt.engine.tape.recording = True
+                anchor = make_anchor_closure(s, opt, step, counter) if s.zeroth_order else None
                 try:
-                    loss = opt.step(closure)
+                    loss = opt.step(closure) if anchor is None else opt.step(closure, anchor_closure=anchor)
                     loss_val = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
                     if not math.isfinite(loss_val):  # an optimizer that did not check: stop anyway
                         raise NonFiniteUpdateError(f"non-finite loss {loss_val} returned after the update")

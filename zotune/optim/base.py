@@ -218,7 +218,8 @@ class ZOOptimizer(Optimizer):
     def state_dict(self):
         sd = super().state_dict()
         sd["zo"] = {"step": self.zo_step, "seed": self.seed, "noise": self.noise,
-                    "last_projected_grad": self.last_projected_grad, "extra": self.extra_state()}
+                    "last_projected_grad": self.last_projected_grad, "extra": self.extra_state(),
+                    "sampler": self.sampler.state()}
         return sd
 
     def load_state_dict(self, state_dict):
@@ -238,6 +239,7 @@ class ZOOptimizer(Optimizer):
         self.noise = zo["noise"]
         self.last_projected_grad = float(zo["last_projected_grad"])
         self.load_extra_state(zo.get("extra") or {})
+        self.sampler.load_state(zo.get("sampler") or {})
 
     def extra_state(self) -> dict:
         """Method state that is not per-parameter (scalars, seeds); saved in ``state_dict()``."""

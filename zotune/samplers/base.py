@@ -73,6 +73,14 @@ class Sampler:
     def subsets(self, t: Step) -> list[frozenset[int] | None]:
         return [None]
 
+    def state(self) -> dict:
+        """What the draws depend on besides seeds and step (Sparse-MeZO's thresholds, fixed from the
+        first weights): saved in the optimizer's ``state_dict()`` so a resumed run draws alike."""
+        return {}
+
+    def load_state(self, state: dict) -> None:
+        """Restore what ``state`` returned."""
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
