@@ -29,7 +29,7 @@ from zotune.optim import optimizer_class
 
 TWIN_MODULES = ["mezo", "zo_sgd_sign", "zo_sgd_momentum", "zo_sgd_cons", "zo_adam", "forward_grad", "subzero",
                 "lozo", "lezo", "sparse_zo", "block_zo", "hybrid_zo", "helene", "mezo_gv", "mezo_greedy",
-                "adanaged"]
+                "adanaged", "fzoo", "zo_muon", "sparse_mezo", "mezo_svrg"]
 TWINS = {m.METHOD: m for m in (importlib.import_module(f"reference.{name}_reference") for name in TWIN_MODULES)}
 STEPS = 20
 SEED = 7
@@ -61,6 +61,12 @@ CASES.update({
     "adanaged-subspace-plain-bound-n2": ("adanaged", dict(sampler={"name": "subspace", "rank": 2, "refresh_every": 6},
                                                           nesterov=False, distance="bound", num_directions=2)),
     "adanaged-dense-spectral": ("adanaged", dict(sampler="dense")),
+    "fzoo-gaussian-wd-n3": ("fzoo", dict(lr=1e-2, num_directions=3, noise="gaussian", weight_decay=0.5)),
+    "zo-muon-refresh-wd": ("zo-muon", dict(lr=1e-2, dense_lr=1e-2, rank=2, refresh_every=3, num_directions=2,
+                                           weight_decay=0.5)),
+    "sparse-mezo-wd-n2": ("sparse-mezo", dict(lr=1e-2, sparsity=0.5, weight_decay=0.5, num_directions=2)),
+    "mezo-svrg-q3-wd-n2": ("mezo-svrg", dict(lr=1e-2, anchor_lr=2e-2, anchor_every=3, weight_decay=0.5,
+                                             num_directions=2)),
 })
 
 

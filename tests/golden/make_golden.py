@@ -52,6 +52,10 @@ CASES: dict[str, tuple[str, dict, torch.dtype]] = {
     "mezo-gv": ("mezo-gv", dict(lr=1e-2, eps=1e-3), torch.float32),
     "mezo-greedy": ("mezo-greedy", dict(lr=1e-2, eps=1e-3), torch.float32),
     "adanaged": ("adanaged", dict(), torch.float32),
+    "fzoo": ("fzoo", dict(lr=1e-2, eps=1e-3), torch.float32),
+    "zo-muon": ("zo-muon", dict(lr=1e-2, eps=1e-3, rank=4, dense_lr=1e-2), torch.float32),  # 16×16 at rank 4
+    "sparse-mezo": ("sparse-mezo", dict(lr=1e-2, eps=1e-3), torch.float32),
+    "mezo-svrg": ("mezo-svrg", dict(lr=1e-2, eps=1e-3), torch.float32),
     # engine features: n-SPSA with Rademacher noise, AdaZeta's schedule, weight decay, refreshes
     # inside the 20 steps, the other options of the pool / sign / AdaNAGED methods
     "mezo-n3-rademacher": ("mezo", dict(lr=1e-2, eps=1e-3, num_directions=3, noise="rademacher"), torch.float32),

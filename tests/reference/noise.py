@@ -15,10 +15,11 @@ from zotune.rng import CounterRNG, mix, name_key
 from zotune.samplers.layers import BLOCKS  # salt: BlockZO's random block order
 from zotune.samplers.layers import LAYERS  # salt: LeZO's layer subset
 from zotune.samplers.low_rank import LAZY  # salt: LOZO's lazy right factor V
+from zotune.samplers.low_rank import PROJECTED  # salt: ZO-Muon's projection P
 from zotune.samplers.low_rank import SUBSPACE  # salt: SubZero's subspace bases U, V
 from zotune.samplers.sparse import MASK  # salt: SparseZO's coordinate mask
 
-__all__ = ["BLOCKS", "LAYERS", "LAZY", "MASK", "SUBSPACE", "draw", "mix", "step_seed"]
+__all__ = ["BLOCKS", "LAYERS", "LAZY", "MASK", "PROJECTED", "SUBSPACE", "draw", "mix", "step_seed"]
 
 _SOURCE = CounterRNG()
 
