@@ -10,9 +10,11 @@ from zotune.optim import AdaNAGED, MeZO, ZOAdam, build_optimizer
 from zotune.optim.block_zo import BlockZO
 from zotune.optim.lezo import LeZO
 from zotune.optim.lozo import LOZO
+from zotune.optim.sparse_mezo import SparseMeZO
 from zotune.optim.sparse_zo import SparseZO
 from zotune.optim.subzero import SubZero
-from zotune.samplers import SAMPLERS, Blocks, LayerSubset, LowRank, Sampler, SparseMask, Subspace
+from zotune.samplers import (SAMPLERS, Blocks, LayerSubset, LowRank, MagnitudeMask, Projected, Sampler, SparseMask,
+                             Subspace)
 
 
 def changed_blocks(before, after):
@@ -28,7 +30,7 @@ def test_sampler_by_name_mapping_or_object():
     assert isinstance(opt.sampler, Subspace) and (opt.sampler.rank, opt.sampler.refresh_every) == (3, 7)
     mine = SparseMask(0.5)
     assert MeZO(named, sampler=mine).sampler is mine
-    assert set(SAMPLERS) == {"dense", "subspace", "lowrank", "sparse", "layers", "blocks"}
+    assert set(SAMPLERS) == {"dense", "subspace", "projected", "lowrank", "sparse", "magnitude", "layers", "blocks"}
 
 
 @pytest.mark.parametrize("spec,match", [
@@ -43,6 +45,20 @@ def test_bad_sampler_is_a_clear_error(spec, match):
         MeZO(model.named_parameters(), sampler=spec)
 
 
+@pytest.mark.parametrize("sampler", [{"name": "magnitude", "sparsity": 0.5},
+                                     {"name": "projected", "rank": 3, "refresh_every": 2}])
+def test_new_samplers_serve_other_methods(sampler):
+    """Sparse-MeZO's and ZO-Muon's draws under ZO-Adam: same seed, resume (the magnitude sampler's
+    thresholds travel in ``state_dict()``; a fresh optimizer would fix them from the resumed weights)."""
+    make = lambda params, seed=0: build_optimizer("zo-adam", params, lr=1e-2, seed=seed, sampler=sampler)  # noqa: E731
+    check_same_seed(make)
+    check_resume(make, steps=6)
+    model, closure = PROBLEMS["mlp"]()
+    opt = make(model.named_parameters())
+    opt.step(closure)
+    assert isinstance(opt.sampler, (MagnitudeMask, Projected))
+
+
 def test_a_preset_fixes_its_sampler():
     model, _ = PROBLEMS["mlp"]()
     with pytest.raises(ValueError, match="SubZero fixes its sampler"):
@@ -53,6 +69,7 @@ def test_a_preset_fixes_its_sampler():
     (SubZero, dict(rank=2, refresh_every=3), Subspace(2, 3)),
     (LOZO, dict(rank=2, refresh_every=3), LowRank(2, 3)),
     (SparseZO, dict(density=0.5, resample_every=2), SparseMask(0.5, 2)),
+    (SparseMeZO, dict(sparsity=0.6), MagnitudeMask(0.6)),
     (LeZO, dict(sparsity=0.5), LayerSubset(0.5)),
     (BlockZO, dict(blocks_per_step=2, order="random"), Blocks(2, "random")),
 ], ids=lambda x: getattr(x, "__name__", None) if isinstance(x, type) else "")

@@ -54,8 +54,9 @@ def test_method_runs_50_steps_on_smollm2(name, smollm2):
         per_step = (time.perf_counter() - t0) / STEPS
         assert all(math.isfinite(x) for x in losses), losses
         first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+        cache = getattr(opt.sampler, "cache_bytes", lambda: 0)()  # bases a low-rank sampler keeps
         print(f"\n[smollm2] {name}: loss {first:.3f} -> {last:.3f} (mean of first/last 10 steps), "
               f"{per_step:.2f} s/step, {opt.forward_passes} forward passes/step, "
-              f"state {opt.state_bytes() / 2**20:.1f} MiB")
+              f"state {opt.state_bytes() / 2**20:.1f} MiB, sampler cache {cache / 2**20:.1f} MiB")
     finally:
         model.load_state_dict(snapshot)  # every method starts from the pretrained weights

@@ -53,6 +53,11 @@ class _LowRankSampler(Sampler):
                 f"side: {name or 'a parameter'}), so every parameter would take dense draws, as in MeZO; "
                 f"use a rank below {side} (LOZO's default is 2, SubZero's 24)")
 
+    def draw(self, e: Perturbed, seed: int, t: Step) -> torch.Tensor | None:
+        """A·Bᵀ from ``factors``, materialised; None (the dense stream) where there are none."""
+        f = self.factors(e, seed, t)
+        return None if f is None else (f[0] @ f[1].T).view_as(e.param)
+
     def period(self, t: Step) -> int:
         """Index of the refresh period of step ``t``: the factors change when it does."""
         return t.index // self.refresh_every
@@ -126,10 +131,6 @@ class Subspace(_BasisSampler):
     def __init__(self, rank: int = 24, refresh_every: int = 1000, cache_bases: bool = True):
         super().__init__(rank, refresh_every, cache_bases)
 
-    def draw(self, e: Perturbed, seed: int, t: Step) -> torch.Tensor | None:
-        f = self.factors(e, seed, t)
-        return None if f is None else (f[0] @ f[1].T).view_as(e.param)
-
     def in_subspace(self, e: Perturbed) -> bool:
         """Whether ``e`` gets subspace draws (False: it takes the dense stream)."""
         return low_rank_shape(e.param, self.rank) is not None
@@ -183,14 +184,6 @@ class Projected(_BasisSampler):
     def __init__(self, rank: int = 64, refresh_every: int = 100, cache_bases: bool = True):
         super().__init__(rank, refresh_every, cache_bases)
 
-    def draw(self, e: Perturbed, seed: int, t: Step) -> torch.Tensor | None:
-        f = self.factors(e, seed, t)
-        return None if f is None else (f[0] @ f[1].T).view_as(e.param)
-
-    def projects(self, e: Perturbed) -> bool:
-        """Whether ``e`` gets projected draws (False: it takes the dense stream)."""
-        return low_rank_shape(e.param, self.rank) is not None
-
     def make_bases(self, e: Perturbed, seed: int, m: int, n: int) -> tuple[torch.Tensor]:
         return (self.orthonormal(seed, e.key, m, self.rank, e.param.device),)
 
@@ -233,10 +226,6 @@ class LowRank(_LowRankSampler):
 
     def __init__(self, rank: int = 2, refresh_every: int = 50):
         super().__init__(rank, refresh_every)
-
-    def draw(self, e: Perturbed, seed: int, t: Step) -> torch.Tensor | None:
-        f = self.factors(e, seed, t)
-        return None if f is None else (f[0] @ f[1].T).view_as(e.param)
 
     def factors(self, e: Perturbed, seed: int, t: Step) -> tuple[torch.Tensor, torch.Tensor] | None:
         shape = low_rank_shape(e.param, self.rank)
