@@ -234,3 +234,18 @@ def test_new_methods_build_by_name_with_their_options():
         assert opt.forward_passes >= 2
     with pytest.raises(ValueError, match="fixes its sampler"):
         build_optimizer("zo-muon", model.named_parameters(), sampler="dense")
+
+
+def test_mezo_svrg_trains_through_the_cli_with_its_anchor_batch(tmp_path):
+    """`zotune train` gives MeZO-SVRG an anchor closure over ``anchor_batch_size`` examples in
+    microbatches of the batch size: 8 examples at batch 4 are 2 forwards per anchor evaluation."""
+    import json
+
+    from zotune.cli import main
+
+    out = tmp_path / "svrg"
+    assert main(["train", "--model", "tiny-llama", "--batch-size", "4", "--eval-examples", "8", "--test-examples", "8",
+                 "--max-length", "48", "--no-progress", "--eval-every", "0", "--optimizer", "mezo-svrg",
+                 "--lr", "1e-3", "--opt", "anchor_batch_size=8", "--steps", "3", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["train_forward_passes"] == 2 * 2 + 4 + 2 * 2  # anchor, minibatch step, anchor

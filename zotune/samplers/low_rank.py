@@ -1,11 +1,12 @@
 """Low-rank samplers: SubZero's random subspaces, ZO-Muon's projections and LOZO's lazy factors.
 
-Both view a parameter with two or more dimensions as a matrix W ∈ R^{m×n} (shape[0] × rest) and
-give it a rank-r draw. Vectors, and matrices with min(m, n) ≤ r, take the dense stream
+Each views a parameter with two or more dimensions as a matrix W ∈ R^{m×n} (shape[0] × rest) and
+gives it a rank-r draw. Vectors, and matrices with min(m, n) ≤ r, take the dense stream
 (``low_rank_shape``): there a rank-r factor cannot lower the rank and would only pin the matrix to
 an r-dimensional subspace for a whole refresh period (a 1×n head would move along one fixed line).
-The factors are *regenerated* from their seeds whenever needed, never stored: 0 bytes of state,
-for a few extra draws (and, for SubZero, two thin QRs) per matrix per pass.
+The factors are *regenerated* from their seeds whenever needed: 0 bytes of state, for a few extra
+draws (and, for SubZero and ZO-Muon, thin QRs) per matrix per pass; the orthonormal bases may be
+cached for two periods instead (``cache_bases``), with the same numbers.
 """
 
 from __future__ import annotations
