@@ -21,10 +21,12 @@ from typing import Any
 
 import yaml
 
+from zotune.adapters import MODES
 from zotune.rng import NOISE_KINDS
 from zotune.tasks.batches import OBJECTIVES
 
 DEMO_LR = 3e-5  # measured for the README demo (MeZO, SmolLM2, 400 steps)
+
 DEFAULT_NOISE = "rademacher"  # the CLI's ZO directions: same second moment as Gaussian, far cheaper on a CPU
 DTYPES = ("fp32", "bf16", "fp16")
 AUTOCASTS = ("bf16",)  # or None: no autocast
@@ -65,6 +67,12 @@ class TrainConfig:
     device: str = "auto"
     out: str | None = None
     trainable: str | None = None
+    mode: str = "ft"
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    lora_targets: str | None = None
+    virtual_tokens: int = 20
+    grad_accum: int = 1
     log_every: int = 1
     save_weights: bool = True
     save_every: int = 500
@@ -108,6 +116,15 @@ HELP = {
     'device': 'auto, cpu, cuda, cuda:N or mps',
     'out': 'run folder; unset picks runs/<task>-<optimizer>-s<seed>',
     'trainable': 'regex on parameter names (re.search); only matching parameters are trained. Unset: all',
+    'mode': "what is trained: 'ft' (the weights), or a peft adapter on frozen weights: 'lora', 'prefix' (prefix "
+            "tuning) or 'prompt' (prompt tuning); see docs/integrations.md",
+    'lora_r': 'LoRA rank r (--mode lora)',
+    'lora_alpha': 'LoRA scale α; the update is (α/r)·B·A (--mode lora)',
+    'lora_targets': "LoRA's modules: unset for peft's defaults of the architecture, 'all-linear', or "
+                    "comma-separated module names such as q_proj,v_proj (--mode lora)",
+    'virtual_tokens': 'learned virtual tokens (--mode prefix or prompt)',
+    'grad_accum': "split each step's batch into this many micro-batches that share the step's directions and "
+                  "whose losses are averaged: the same step, one micro-batch's activation memory",
     'log_every': 'write a metrics.jsonl line every this many steps',
     'save_weights': 'save trainable weights as model.safetensors',
     'save_every': "write a resumable checkpoint (weights, optimizer state) every this many steps (0: only at "
@@ -312,6 +329,21 @@ def validate(config: TrainConfig) -> None:
         problems.append(f"max_skips must be >= 0 (got {c.max_skips}); 0 stops at the first non-finite loss")
     if c.log_every < 1:
         problems.append(f"log_every must be >= 1 (got {c.log_every})")
+    if c.mode not in MODES:
+        problems.append(f"mode must be one of {', '.join(MODES)} (got '{c.mode}')")
+    if c.lora_r < 1 or not math.isfinite(c.lora_alpha) or c.lora_alpha <= 0:
+        problems.append(f"lora_r must be >= 1 and lora_alpha > 0 (got {c.lora_r}, {c.lora_alpha})")
+    if c.virtual_tokens < 1:
+        problems.append(f"virtual_tokens must be >= 1 (got {c.virtual_tokens})")
+    if c.mode != "ft" and c.trainable is not None:
+        problems.append(f"--trainable chooses weights to train, and --mode {c.mode} trains an adapter instead: drop "
+                        "one of them")
+    if c.mode in ("prefix", "prompt") and c.icl_shots:
+        problems.append(f"--mode {c.mode} puts learned tokens in front of every prompt, which in-context "
+                        "demonstrations would separate from it: use --icl-shots 0, or --mode lora")
+    if c.grad_accum < 1 or c.batch_size % max(c.grad_accum, 1):
+        problems.append(f"grad_accum must be >= 1 and divide batch_size (got {c.grad_accum} for a batch of "
+                        f"{c.batch_size}): each step's batch is split into that many equal micro-batches")
     if c.max_length is not None and c.max_length < 8:
         problems.append(f"max_length must be >= 8 tokens (got {c.max_length})")
     if c.max_new_tokens is not None and c.max_new_tokens < 1:

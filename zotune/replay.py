@@ -25,9 +25,9 @@ def replay(trajectory: str | Path, out: str | Path, base: str | None = None, ste
     """Write ``out/model.safetensors`` (and a config.yaml, so ``zotune eval --run out`` works): the
     weights after ``steps`` (default: all) recorded steps, rebuilt from ``base`` (default: the
     run's model)."""
-    from zotune.models import load_model, resolve_device
+    from zotune.models import resolve_device
     from zotune.optim import build_optimizer
-    from zotune.train import optimizer_hparams, select_trainable
+    from zotune.train import load_run_model, optimizer_hparams, select_trainable
 
     traj = read_trajectory(trajectory)
     if traj.torn_bytes:
@@ -45,8 +45,7 @@ def replay(trajectory: str | Path, out: str | Path, base: str | None = None, ste
         raise TrajectoryError(f"{traj.path} was recorded on {header['device_type']}; the noise drawn on {dev.type} "
                               f"differs, so replay it with --device {header['device_type']}")
     model_name = base or config.model
-    model, _ = load_model(model_name, dtype=config.dtype, device=str(dev))
-    model.eval()
+    model, _ = load_run_model(config, str(dev), model=model_name)
     named = select_trainable(model, config.trainable)
     if weights_hash(named) != header["base_weights_sha256"]:
         raise TrajectoryError(f"{model_name} is not the base model {traj.path} was recorded from (its trainable "

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from zotune.adapters import apply_adapter, load_adapter, save_adapter
 from zotune.config import DEFAULT_NOISE, TrainConfig, load_config, merge, save_config, validate
 from zotune.errors import TrainingFailure
 from zotune.optim import (OPTIMIZERS, NonFiniteLossError, NonFiniteUpdateError, build_optimizer, check_args,
@@ -93,7 +94,8 @@ def absolute_paths(config: TrainConfig) -> TrainConfig:
 # --------------------------------------------------------------------------- parameters and weights
 
 def select_trainable(model: torch.nn.Module, pattern: str | None) -> list[tuple[str, torch.nn.Parameter]]:
-    """Set requires_grad from the ``trainable`` regex; return the trainable (name, param) pairs.
+    """Set requires_grad from the ``trainable`` regex, among the parameters the model leaves
+    trainable (an adapter's, under peft); return the trainable (name, param) pairs.
 
     named_parameters() lists a tied (shared) tensor once, under its first name, so each tensor is
     trained - and saved - exactly once.
@@ -101,7 +103,7 @@ def select_trainable(model: torch.nn.Module, pattern: str | None) -> list[tuple[
     rx = re.compile(pattern) if pattern is not None else None
     named = []
     for name, p in model.named_parameters():
-        p.requires_grad_(rx is None or bool(rx.search(name)))
+        p.requires_grad_(p.requires_grad and (rx is None or bool(rx.search(name))))
         if p.requires_grad:
             named.append((name, p))
     if not named:
@@ -135,32 +137,51 @@ class BatchSampler:
         return idx
 
 
-def make_closure(model, batch, device, autocast, zeroth_order: bool, opt, counter: list[int]):
-    """The closure for ``opt.step``.
+def make_closure(model, batches: list[dict], device, autocast, zeroth_order: bool, opt, counter: list[int]):
+    """The closure for ``opt.step`` over one step's micro-batches (``--grad-accum``; usually one).
 
-    ZO: forward only (the optimizer calls it under no_grad, perturbing the weights itself).
-    FO: the standard zero_grad/forward/backward closure; a non-finite loss (before backward) or
-    gradient (after it) raises before torch's optimizers touch the weights, matching the ZO guarantee.
+    ZO: forward only (the optimizer calls it under no_grad, perturbing the weights itself): the mean
+    of the micro-batches' losses, so every micro-batch is read at the same perturbed point and the
+    step is the one of the whole batch, with one micro-batch's activations alive at a time.
+    FO: the standard zero_grad/forward/backward closure, each micro-batch's loss/k backpropagated in
+    turn; a non-finite loss (before backward) or gradient (after it) raises before torch's
+    optimizers touch the weights, matching the ZO guarantee.
     """
+    k = len(batches)
+
     def zo_closure():
-        counter[0] += 1
-        with autocast_context(device, autocast):
-            return loss_fn(model, batch)
+        total = 0.0
+        for batch in batches:
+            counter[0] += 1
+            with autocast_context(device, autocast):
+                total = total + loss_fn(model, batch).float()
+        return total / k
 
     def fo_closure():
-        counter[0] += 1
         opt.zero_grad(set_to_none=True)
-        with torch.enable_grad(), autocast_context(device, autocast):
-            loss = loss_fn(model, batch)
-        if not torch.isfinite(loss.detach()).all():
-            raise NonFiniteLossError(f"non-finite loss {loss.item()}")
-        loss.backward()
+        total = 0.0
+        for batch in batches:
+            counter[0] += 1
+            with torch.enable_grad(), autocast_context(device, autocast):
+                loss = loss_fn(model, batch) / k
+            if not torch.isfinite(loss.detach()).all():
+                raise NonFiniteLossError(f"non-finite loss {loss.item() * k}")
+            loss.backward()
+            total = total + loss.detach()
         grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
         if grads and not all(bool(torch.isfinite(g).all()) for g in grads):
-            raise NonFiniteLossError(f"non-finite gradient (loss {loss.item()}): no weight was changed")
-        return loss
+            raise NonFiniteLossError(f"non-finite gradient (loss {float(total)}): no weight was changed")
+        return total
 
     return zo_closure if zeroth_order else fo_closure
+
+
+def micro_batches(s, indices: list[int]) -> list[dict]:
+    """The step's examples ``indices`` encoded as ``grad_accum`` equal micro-batches."""
+    config = s.config
+    size = len(indices) // config.grad_accum
+    return [encode(s.task, s.tokenizer, [s.train_ex[i] for i in indices[j:j + size]], max_length=s.max_length,
+                   objective=config.objective) for j in range(0, len(indices), size)]
 
 
 def make_anchor_closure(s, opt, step: int, counter: list[int]):
@@ -285,7 +306,7 @@ class Progress:
 def prepare(config: TrainConfig, out: Path | None, overwrite: bool, t_start: float) -> Session:
     """Check everything a run needs, then load the data, the model and the optimizer. Nothing in
     the run folder is touched here, so bad input never damages an old run."""
-    from zotune.models import load_model, resolve_device
+    from zotune.models import resolve_device
 
     validate(config)
     # All the data first: a bad file must fail in milliseconds, before a model or a run folder exists.
@@ -301,12 +322,24 @@ def prepare(config: TrainConfig, out: Path | None, overwrite: bool, t_start: flo
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     _log(f"loading model {config.model} ({config.dtype}) on {device}")
-    model, tokenizer = load_model(config.model, dtype=config.dtype, device=str(device))
-    model.eval()  # dropout off for both ZO and FO: one deterministic objective
+    model, tokenizer = load_run_model(config, str(device))
     named = select_trainable(model, config.trainable)
     opt = build_optimizer(config.optimizer, named, **optimizer_hparams(config))
     return Session(config, task, train_ex, dev_ex, test_ex, model, tokenizer, named, opt, device,
                    config.max_length or model_context(model), out, t_start)
+
+
+def load_run_model(config: TrainConfig, device: str, model: str | None = None):
+    """(model, tokenizer) a run trains: the base model (``model``, default the config's) in eval
+    mode (dropout off for both ZO and FO: one deterministic objective), with the config's adapter
+    (``--mode``) initialised from the run seed."""
+    from zotune.models import load_model
+
+    net, tokenizer = load_model(model or config.model, dtype=config.dtype, device=device)
+    net = apply_adapter(net, config.mode, config.seed, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
+                        lora_targets=config.lora_targets, virtual_tokens=config.virtual_tokens)
+    net.eval()
+    return net, tokenizer
 
 
 def train(config: TrainConfig, overwrite: bool = False, progress: bool = True) -> dict:
@@ -534,9 +567,8 @@ def run_loop(s: Session, prog: Progress, writer: TrajectoryWriter, base: dict, p
             for step in range(prog.step + 1, config.steps + 1):
                 if signals.received is not None:
                     break
-                batch = encode(s.task, s.tokenizer, [s.train_ex[i] for i in sampler.next()],
-                               max_length=s.max_length, objective=config.objective)
-                closure = make_closure(s.model, batch, s.device, config.autocast, s.zeroth_order, opt, counter)
+                batches = micro_batches(s, sampler.next())
+                closure = make_closure(s.model, batches, s.device, config.autocast, s.zeroth_order, opt, counter)
                 seed = opt.step_seed() & (2**64 - 1) if s.zeroth_order else 0
                 calls = counter[0]
                 if s.zeroth_order:
@@ -570,7 +602,7 @@ def run_loop(s: Session, prog: Progress, writer: TrajectoryWriter, base: dict, p
                 writer.append(StepRecord(step, seed, values, counter[0] - calls))
                 if swap:  # the new run has started training: only now may it replace the old one
                     swap_in()
-                prog.step, prog.last_loss, prog.skips_in_row, good_batch = step, loss_val, 0, batch
+                prog.step, prog.last_loss, prog.skips_in_row, good_batch = step, loss_val, 0, batches[0]
                 prog.forward_passes = counter[0]
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_val:.4f}", refresh=False)
@@ -621,6 +653,8 @@ def finish(s: Session, prog: Progress, base: dict, stopped: str | None, good_bat
             weights_step = 0
     if config.save_weights:
         save_weights(s.named, out / "model.safetensors")
+        if config.mode != "ft":
+            save_adapter(s.model, out)
     if stopped is None:
         checkpoint(prog.step, out / "model.safetensors" if config.save_weights else None)
     final = None
@@ -705,9 +739,7 @@ def weights_broken(model, named, batch, device, autocast) -> str | None:
 def restore_base_weights(config: TrainConfig, named) -> None:
     """Copy the base model's values into the trainable tensors (the last weights known to give a
     finite loss when no finite copy of a later step exists; keeping one would double the memory)."""
-    from zotune.models import load_model
-
-    base, _ = load_model(config.model, dtype=config.dtype, device="cpu")
+    base, _ = load_run_model(config, "cpu")
     values = dict(base.named_parameters(remove_duplicate=False))
     with torch.no_grad():
         for name, p in named:
@@ -771,7 +803,11 @@ def evaluate_run(run: str | Path | None = None, model: str | None = None, task: 
     net, tokenizer = load_model(model_name, dtype=dtype or cfg.dtype, device=str(dev))
     net.eval()
     if run is not None:
-        loaded = load_weights(net, run / "model.safetensors")
+        if cfg.mode != "ft":  # the adapter as peft saved it, on the base model
+            net = load_adapter(net, run).eval()
+            loaded = [n for n, _ in net.named_parameters()]
+        else:
+            loaded = load_weights(net, run / "model.safetensors")
         params = dict(net.named_parameters(remove_duplicate=False))
         bad = non_finite_tensors((n, params[n]) for n in loaded)
         if bad:
