@@ -124,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="device (default: the device type the run was recorded on)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
 
+    p = sub.add_parser("export", help="write a run's model (LoRA merged) as a Hugging Face folder",
+                       description="Write a run's fine-tuned model as a Hugging Face folder (config.json, "
+                                   "safetensors, tokenizer) that AutoModelForCausalLM.from_pretrained loads; a LoRA "
+                                   "adapter is merged into the weights.")
+    p.add_argument("run", metavar="RUN", help="run folder")
+    p.add_argument("--out", required=True, help="folder to write the model into")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+
     p = sub.add_parser("bench", help="time a step (or a noise pass) against a forward, textbook MeZO and AdamW",
                        description="`zotune bench step`: one step of each phase on one model and batch, in one run, "
                                    "as JSON lines (--table for a table) with the ratios; `zotune bench noise`: one "
@@ -255,6 +263,14 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from zotune.export import export_run
+
+    res = export_run(args.run, args.out, overwrite=args.overwrite)
+    print(f"exported {res['run']} ({res['mode']}, {res['model']}) -> {res['out']}: {', '.join(res['files'])}")
+    return 0
+
+
 def read_metrics(run: str | Path) -> tuple[str, list[dict]]:
     """(run name, records) from a run folder or a metrics.jsonl path."""
     path = Path(run)
@@ -358,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_plot(args)
         if args.command == "bench":
             return _cmd_bench(args)
+        if args.command == "export":
+            return _cmd_export(args)
     except SystemExit as e:  # --help / --version
         return int(e.code or 0)
     except FloatingPointError as e:  # NonFiniteLossError is a subclass
