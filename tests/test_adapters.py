@@ -31,7 +31,7 @@ def _loss(model, batch):
 
 
 @pytest.mark.parametrize("mode", ["lora", "prefix", "prompt"])
-@pytest.mark.parametrize("spec", ["tiny-llama", "tiny-opt"])
+@pytest.mark.parametrize("spec", ["tiny-llama", "tiny-opt", "tiny-gpt2", "tiny-gemma3"])
 def test_adapter_trains_on_frozen_base_weights(mode, spec):
     """Only the adapter is trainable and perturbed; the base weights keep every bit; lr = 0 and a
     raising closure change nothing."""

