@@ -75,6 +75,18 @@ def test_zo_trainer_gradient_accumulation_is_one_step_over_the_micro_batches(tmp
         assert (ga[n] - whole[n]).norm() <= 1e-5 * whole[n].norm() + 1e-12, n
 
 
+def test_zo_trainer_takes_a_built_optimizer(tmp_path):
+    from zotune.integrations import ZOTrainer
+    from zotune.optim import ZOSGDMomentum
+
+    model, tok = load_model("tiny-llama", device="cpu")
+    opt = ZOSGDMomentum(model.named_parameters(), lr=1e-3, seed=4)
+    trainer = ZOTrainer(model, _args(tmp_path, max_steps=2, save_strategy="no"), train_dataset=_data(tok),
+                        zo_optimizer=opt)
+    trainer.train()
+    assert trainer.zo_optimizer is opt and opt.zo_step == 2 and opt.state_bytes() > 0
+
+
 def test_zo_trainer_refuses_a_missing_or_first_order_optimizer(tmp_path):
     from zotune.integrations import ZOTrainer
 
