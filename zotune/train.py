@@ -33,6 +33,7 @@ import torch
 
 from zotune.adapters import apply_adapter, load_adapter, save_adapter
 from zotune.config import DEFAULT_NOISE, TrainConfig, load_config, merge, save_config, validate
+from zotune.distributed import mean_of
 from zotune.errors import TrainingFailure
 from zotune.optim import (OPTIMIZERS, NonFiniteLossError, NonFiniteUpdateError, build_optimizer, check_args,
                            is_zeroth_order)
@@ -137,12 +138,15 @@ class BatchSampler:
         return idx
 
 
-def make_closure(model, batches: list[dict], device, autocast, zeroth_order: bool, opt, counter: list[int]):
-    """The closure for ``opt.step`` over one step's micro-batches (``--grad-accum``; usually one).
+def make_closure(model, batches: list[tuple[int, dict]], device, autocast, zeroth_order: bool, opt,
+                 counter: list[int]):
+    """The closure for ``opt.step`` over one step's micro-batches, (examples, batch) pairs
+    (``--grad-accum``; usually one).
 
-    ZO: forward only (the optimizer calls it under no_grad, perturbing the weights itself): the mean
-    of the micro-batches' losses, so every micro-batch is read at the same perturbed point and the
-    step is the one of the whole batch, with one micro-batch's activations alive at a time.
+    ZO: forward only (the optimizer calls it under no_grad, perturbing the weights itself): the
+    examples' mean loss over the micro-batches (``distributed.mean_of``: float64 sums, the
+    arithmetic ranks combine their shards with), so every micro-batch is read at the same perturbed
+    point and the step is the one of the whole batch, with one micro-batch's activations alive.
     FO: the standard zero_grad/forward/backward closure, each micro-batch's loss/k backpropagated in
     turn; a non-finite loss (before backward) or gradient (after it) raises before torch's
     optimizers touch the weights, matching the ZO guarantee.
@@ -150,17 +154,17 @@ def make_closure(model, batches: list[dict], device, autocast, zeroth_order: boo
     k = len(batches)
 
     def zo_closure():
-        total = 0.0
-        for batch in batches:
+        parts = []
+        for n, batch in batches:
             counter[0] += 1
             with autocast_context(device, autocast):
-                total = total + loss_fn(model, batch).float()
-        return total / k
+                parts.append((n, loss_fn(model, batch)))
+        return mean_of(parts)
 
     def fo_closure():
         opt.zero_grad(set_to_none=True)
         total = 0.0
-        for batch in batches:
+        for _, batch in batches:
             counter[0] += 1
             with torch.enable_grad(), autocast_context(device, autocast):
                 loss = loss_fn(model, batch) / k
@@ -176,12 +180,14 @@ def make_closure(model, batches: list[dict], device, autocast, zeroth_order: boo
     return zo_closure if zeroth_order else fo_closure
 
 
-def micro_batches(s, indices: list[int]) -> list[dict]:
-    """The step's examples ``indices`` encoded as ``grad_accum`` equal micro-batches."""
+def micro_batches(s, indices: list[int]) -> list[tuple[int, dict]]:
+    """The step's examples ``indices`` encoded as ``grad_accum`` equal micro-batches: (examples,
+    batch) pairs."""
     config = s.config
     size = len(indices) // config.grad_accum
-    return [encode(s.task, s.tokenizer, [s.train_ex[i] for i in indices[j:j + size]], max_length=s.max_length,
-                   objective=config.objective) for j in range(0, len(indices), size)]
+    return [(size, encode(s.task, s.tokenizer, [s.train_ex[i] for i in indices[j:j + size]],
+                          max_length=s.max_length, objective=config.objective))
+            for j in range(0, len(indices), size)]
 
 
 def make_anchor_closure(s, opt, step: int, counter: list[int]):
@@ -602,7 +608,7 @@ def run_loop(s: Session, prog: Progress, writer: TrajectoryWriter, base: dict, p
                 writer.append(StepRecord(step, seed, values, counter[0] - calls))
                 if swap:  # the new run has started training: only now may it replace the old one
                     swap_in()
-                prog.step, prog.last_loss, prog.skips_in_row, good_batch = step, loss_val, 0, batches[0]
+                prog.step, prog.last_loss, prog.skips_in_row, good_batch = step, loss_val, 0, batches[0][1]
                 prog.forward_passes = counter[0]
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_val:.4f}", refresh=False)

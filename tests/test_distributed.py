@@ -1,0 +1,106 @@
+"""Data-parallel ZO on torch.distributed (issue 13, first part): 2 gloo processes on this CPU.
+
+Each worker is a spawned process with its own tiny Llama (seeded: identical on every rank), MeZO
+with the same seed, and its half of each global batch; the parent compares what they saved."""
+
+import multiprocessing
+import os
+import time
+
+import pytest
+import torch
+
+STEPS, GLOBAL = 3, 8
+
+
+def _problem():
+    from zotune.models import load_model
+    from zotune.tasks import encode, get_task
+
+    model, tok = load_model("tiny-llama", device="cpu")
+    task = get_task("sst2")
+    rows = task.load("train")[:STEPS * GLOBAL]
+    batches = [rows[i:i + GLOBAL] for i in range(0, len(rows), GLOBAL)]
+    return model, (lambda ex: encode(task, tok, ex, max_length=48)), batches
+
+
+def _closure(model, batch):
+    from zotune.tasks import loss_fn
+
+    return lambda: loss_fn(model, batch)
+
+
+def _worker(rank, world, store, out, die_after):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    from zotune.distributed import DataParallel, DistributedError, init, shard
+    from zotune.optim import MeZO
+
+    init("gloo", timeout_s=20, init_method=f"file://{store}")
+    model, encode, batches = _problem()
+    opt = MeZO(model.named_parameters(), lr=1e-3, seed=0)
+    dp = DataParallel()
+    try:
+        for step, rows in enumerate(batches):
+            if die_after is not None and rank == 1 and step == die_after:
+                os._exit(3)  # a rank dies mid-run
+            mine = shard(rows, rank, world)
+            opt.step(dp.closure([(len(mine), _closure(model, encode(mine)))], len(rows)))
+    except DistributedError as err:
+        torch.save({"error": str(err), "time": time.time()}, f"{out}/rank{rank}.pt")
+        return
+    torch.save({"weights": {n: p.detach() for n, p in model.named_parameters()}, "bytes": dp.bytes_sent},
+               f"{out}/rank{rank}.pt")
+
+
+def _spawn(tmp_path, die_after=None):
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(r, 2, tmp_path / "store", tmp_path, die_after)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert all(p.exitcode is not None for p in procs), "a worker hung"
+    return procs
+
+
+def test_two_ranks_equal_one_process_with_the_same_micro_batches(tmp_path):
+    """Bit-identical weights: the ranks' float64 all-reduce adds n₀L₀ + n₁L₁ as one process adds its
+    two micro-batches (``mean_of``); with 2 ranks the order cannot differ. MeZO sends 8 bytes per
+    forward: 16 per step, ≤ 64."""
+    from zotune.distributed import mean_of, shard
+    from zotune.optim import MeZO
+
+    procs = _spawn(tmp_path)
+    assert [p.exitcode for p in procs] == [0, 0]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    model, encode, batches = _problem()
+    opt = MeZO(model.named_parameters(), lr=1e-3, seed=0)
+    for rows in batches:
+        parts = [(len(shard(rows, r, 2)), _closure(model, encode(shard(rows, r, 2)))) for r in range(2)]
+        opt.step(lambda: mean_of([(n, f()) for n, f in parts]))
+    single = {n: p.detach() for n, p in model.named_parameters()}
+    start, _, _ = _problem()
+    moved = max((single[n] - p.detach()).abs().max().item() for n, p in start.named_parameters())
+    assert moved > 0
+    for r in ranks:
+        assert all(torch.equal(r["weights"][n], single[n]) for n in single)
+        assert r["bytes"] == STEPS * 2 * 8 and r["bytes"] / STEPS <= 64
+
+
+def test_a_dead_rank_stops_the_other_with_a_clear_message(tmp_path):
+    t0 = time.time()
+    procs = _spawn(tmp_path, die_after=1)
+    assert procs[1].exitcode == 3
+    got = torch.load(tmp_path / "rank0.pt")
+    assert "error" in got, "rank 0 finished as if nothing happened"
+    assert "another rank stopped answering" in got["error"] and "last checkpoint is valid" in got["error"]
+    assert got["time"] - t0 < 60
+
+
+def test_shard_refuses_an_uneven_split():
+    from zotune.distributed import shard
+
+    assert shard(list(range(8)), 1, 2) == [4, 5, 6, 7]
+    with pytest.raises(ValueError, match="does not split evenly over 3 ranks"):
+        shard(list(range(8)), 0, 3)
