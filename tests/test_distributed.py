@@ -30,6 +30,26 @@ def _closure(model, batch):
     return lambda: loss_fn(model, batch)
 
 
+def _split_worker(rank, world, store, out, n):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    from zotune.distributed import init, split_evaluations
+    from zotune.optim import MeZO
+
+    init("gloo", timeout_s=20, init_method=f"file://{store}")
+    model, encode, batches = _problem()
+    opt = MeZO(model.named_parameters(), lr=1e-3, seed=0, num_directions=n)
+    split = split_evaluations(opt)
+    opt.engine.tape.recording = True
+    calls, tapes = [0], []
+    for rows in batches:
+        closure = _closure(model, encode(rows))
+        opt.step(lambda: (calls.__setitem__(0, calls[0] + 1), closure())[1])
+        tapes.append(opt.engine.tape.take())
+    torch.save({"weights": {n: p.detach() for n, p in model.named_parameters()}, "bytes": split.bytes_sent,
+                "calls": calls[0], "tapes": tapes}, f"{out}/rank{rank}.pt")
+
+
 def _worker(rank, world, store, out, die_after):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
@@ -53,9 +73,10 @@ def _worker(rank, world, store, out, die_after):
                f"{out}/rank{rank}.pt")
 
 
-def _spawn(tmp_path, die_after=None):
+def _spawn(tmp_path, die_after=None, target=None, arg=None):
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(r, 2, tmp_path / "store", tmp_path, die_after)) for r in range(2)]
+    target, arg = (target, arg) if target else (_worker, die_after)
+    procs = [ctx.Process(target=target, args=(r, 2, tmp_path / "store", tmp_path, arg)) for r in range(2)]
     for p in procs:
         p.start()
     for p in procs:
@@ -96,6 +117,31 @@ def test_a_dead_rank_stops_the_other_with_a_clear_message(tmp_path):
     assert "error" in got, "rank 0 finished as if nothing happened"
     assert "another rank stopped answering" in got["error"] and "last checkpoint is valid" in got["error"]
     assert got["time"] - t0 < 60
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_evaluations_split_over_two_ranks_equal_one_process(tmp_path, n):
+    """n = 1: perturbation-parallel (+ε on rank 0, −ε on rank 1); n = 2: direction-parallel (one
+    direction per rank, both signs). Weights bit-identical to one process evaluating the same
+    directions; each rank runs half the forwards; 16·n bytes sent per step; rank 0's tape holds
+    every loss, in the order one process records them."""
+    from zotune.optim import MeZO
+
+    procs = _spawn(tmp_path, target=_split_worker, arg=n)
+    assert [p.exitcode for p in procs] == [0, 0]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    model, encode, batches = _problem()
+    opt = MeZO(model.named_parameters(), lr=1e-3, seed=0, num_directions=n)
+    opt.engine.tape.recording = True
+    tapes = []
+    for rows in batches:
+        opt.step(_closure(model, encode(rows)))
+        tapes.append(opt.engine.tape.take())
+    single = {name: p.detach() for name, p in model.named_parameters()}
+    for r in ranks:
+        assert all(torch.equal(r["weights"][name], single[name]) for name in single)
+        assert r["calls"] == STEPS * n and r["bytes"] == STEPS * 16 * n and r["bytes"] / STEPS <= 64 * n
+    assert ranks[0]["tapes"] == tapes
 
 
 def test_shard_refuses_an_uneven_split():

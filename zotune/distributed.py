@@ -17,8 +17,19 @@ measured 2.4e-6 of the weights' norm after 3 MeZO steps at ε = 1e-3 (``docs/int
 
 A rank that dies or hangs makes the others' next all-reduce fail (gloo: at once on a closed
 connection; otherwise after ``timeout_s``); they stop with ``DistributedError`` naming the cause.
-Direction- and perturbation-parallel ZO and the ``torchrun`` launch of ``zotune train`` are not
-here yet (issue 13).
+Evaluation-parallel (``split_evaluations(opt)``): the ranks read the same batch and share out a
+step's independent forward passes, then sum the losses over ranks (one all-reduce of the step's
+losses, 8 bytes each: 16·n bytes per rank for n-SPSA). With at least as many directions as ranks
+each rank evaluates whole directions, both signs (direction-parallel); with fewer, the +ε and −ε
+forwards of one direction go to different ranks (perturbation-parallel, as DistZO2, arXiv
+2507.03211). Every rank then holds every loss, bit for bit the values one process would compute, and
+applies the same update; rank 0's tape holds them all, so one process can replay the run. It serves
+every method whose forwards go through ``Engine.spsa`` or ``Engine.one_sided_spsa`` (MeZO, the
+ZO-SGD family, ZO-Adam, the samplers' presets, FZOO, ZO-Muon...); the pool methods still evaluate
+on every rank.
+
+The ``torchrun`` launch of ``zotune train`` (rank 0 writing the run folder) and the data ×
+evaluation grid are not here yet (issue 13).
 """
 
 from __future__ import annotations
@@ -97,7 +108,7 @@ class DataParallel:
         return value
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
-        """Σ over ranks of the float64 scalar ``x`` (8 bytes sent)."""
+        """Σ over ranks of the float64 tensor ``x`` (8 bytes per element sent)."""
         buf = x.clone()
         if dist.is_initialized() and dist.get_world_size(self.group) > 1:
             if dist.get_backend(self.group) == "nccl":
@@ -110,3 +121,34 @@ class DataParallel:
                     "this run stops on every rank, and its last checkpoint is valid") from None
             self.bytes_sent += buf.numel() * buf.element_size()
         return buf.cpu()
+
+
+class Split:
+    """Which of a step's evaluations this rank runs, and the all-reduce that shares their losses."""
+
+    def __init__(self, group=None):
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world = dist.get_world_size(group)
+        self.reducer = DataParallel(group)
+
+    def mine(self, i: int, count: int, paired: bool) -> bool:
+        """Whether evaluation ``i`` of ``count`` is this rank's: whole ± pairs round-robin when there
+        are at least as many pairs as ranks, else single evaluations round-robin."""
+        if paired and count // 2 >= self.world:
+            return (i // 2) % self.world == self.rank
+        return i % self.world == self.rank
+
+    def share(self, local: torch.Tensor) -> torch.Tensor:
+        """Σ over ranks of the float64 vector ``local`` (zeros where another rank computed)."""
+        return self.reducer.all_reduce(local)
+
+    @property
+    def bytes_sent(self) -> int:
+        return self.reducer.bytes_sent
+
+
+def split_evaluations(opt, group=None) -> Split:
+    """Make ``opt`` share out each step's forward passes over the ranks of ``group``."""
+    opt.engine.split = Split(group)
+    return opt.engine.split

@@ -193,6 +193,7 @@ class Engine:
         self.rng = CounterRNG()
         self.hold = InterruptHold()
         self.tape = Tape()  # the closure's values: recorded by a training run, played back by replay
+        self.split = None  # with ranks, which of a step's evaluations this process runs (``distributed``)
         if kernels not in KERNELS:
             raise ValueError(f"kernels must be one of {', '.join(KERNELS)}, got {kernels!r}")
         self.kernels = kernels
@@ -357,22 +358,45 @@ class Engine:
         check_finite(*losses, step=self.clock().index + 1)
         return losses
 
+    def evaluations(self, closure: Callable, points: list[tuple[Direction, float, Subset]],
+                    origin: Origin | None = None, paired: bool = False) -> list[float]:
+        """The losses at the independent points (direction, scale, subset) of a step, as floats (one
+        host synchronisation); NaN/inf raise. With ``self.split`` (several ranks), this rank computes
+        its share, the split sums the values over ranks (each point computed by exactly one rank, the
+        others adding 0), and every value is recorded on the tape in order, so one process can replay
+        the step. ``paired``: the points are ± pairs of one direction (the split may keep a pair on
+        one rank)."""
+        if self.split is None or self.tape.playing:
+            values = torch.stack([self.loss_at(closure, d, c, sub, origin) for d, c, sub in points]).tolist()
+        else:
+            local = torch.zeros(len(points), dtype=torch.float64)
+            for i, (d, c, sub) in enumerate(points):
+                if self.split.mine(i, len(points), paired):
+                    local[i] = self._loss_at(closure, d, c, sub, origin).double()
+            values = self.split.share(local).tolist()
+            for v in values:
+                self.tape.record(torch.tensor(v, dtype=torch.float32))
+        check_finite(*values, step=self.clock().index + 1)
+        return values
+
     def spsa(self, closure: Callable, eps: float, n: int, within: Subset = None,
              origin: Origin | None = None) -> Estimate:
         """n-SPSA on every subset of the step: per subset, n two-point estimates along the draws
         of seeds ``Step.draw_seed(j)``, g_j = (L(θ+εz_j) − L(θ−εz_j)) / 2ε, and the mean of its 2n
         losses. ``within`` restricts every subset (e.g. the ZO side of a hybrid method); ``origin``
-        takes the estimate around another point than θ (``loss_at``)."""
+        takes the estimate around another point than θ (``loss_at``). The 2n losses of a subset are
+        independent ``evaluations`` (split over ranks when there are several)."""
         t = self.clock()
         parts, all_g = [], []
+        seeds = [t.draw_seed(j) for j in range(n)]
         for subset in self.subsets(within):
-            terms, total = [], 0.0
+            losses = self.evaluations(closure, [(s, c, subset) for s in seeds for c in (eps, -eps)], origin,
+                                      paired=True)
+            terms = tuple((s, (losses[2 * j] - losses[2 * j + 1]) / (2 * eps)) for j, s in enumerate(seeds))
+            total = 0.0
             for j in range(n):
-                seed = t.draw_seed(j)
-                lp, lm = self.two_point(closure, seed, eps, subset, origin)
-                terms.append((seed, (lp - lm) / (2 * eps)))
-                total += lp + lm
-            parts.append(Part(subset, tuple(terms), n, total / (2 * n)))
+                total += losses[2 * j] + losses[2 * j + 1]
+            parts.append(Part(subset, terms, n, total / (2 * n)))
             all_g += [g for _, g in terms]
         loss = sum(p.loss for p in parts) / len(parts)
         return Estimate(tuple(parts), loss, sum(all_g) / len(all_g))
@@ -383,13 +407,14 @@ class Engine:
         loss is L₀, the loss at θ itself. Why: n queries for n + 1 forward passes (1 + n per subset)
         instead of 2n, at an O(ε) bias in place of O(ε²) (FZOO, ZO-Muon)."""
         t = self.clock()
-        l0 = self.loss_at(closure, t.seed, 0.0).item()
-        check_finite(l0, step=t.index + 1)
-        parts, all_g = [], []
         seeds = [t.draw_seed(j) for j in range(n)]
-        for subset in self.subsets(within):
-            losses = self.one_sided(closure, seeds, eps, subset)
-            terms = tuple((s, (loss - l0) / eps) for s, loss in zip(seeds, losses))
+        subsets = self.subsets(within)
+        points = [(t.seed, 0.0, None)] + [(s, eps, subset) for subset in subsets for s in seeds]
+        losses = self.evaluations(closure, points)
+        l0, rest = losses[0], losses[1:]
+        parts, all_g = [], []
+        for k, subset in enumerate(subsets):
+            terms = tuple((s, (loss - l0) / eps) for s, loss in zip(seeds, rest[k * n:(k + 1) * n]))
             parts.append(Part(subset, terms, n, l0))
             all_g += [g for _, g in terms]
         return Estimate(tuple(parts), l0, sum(all_g) / len(all_g))
