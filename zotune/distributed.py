@@ -50,10 +50,12 @@ class DistributedError(TrainingFailure):
 
 def weighted_sum(parts: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
     """Σ n·L over (size n, loss L) pairs, in float64, in the order given: the exact arithmetic a
-    split batch is combined with, in one process (``--grad-accum``) and across ranks."""
-    total = torch.zeros((), dtype=torch.float64)
+    split batch is combined with, in one process (``--grad-accum``) and across ranks. Nothing is
+    detached or moved: a closure's value may carry autograd or forward-AD (HybridZO, ForwardGrad)."""
+    total = None
     for n, loss in parts:
-        total = total + float(n) * loss.detach().to(device="cpu", dtype=torch.float64).reshape(())
+        term = loss.reshape(()).to(torch.float64) * float(n)
+        total = term if total is None else total + term
     return total
 
 
@@ -109,7 +111,7 @@ class DataParallel:
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         """Σ over ranks of the float64 tensor ``x`` (8 bytes per element sent)."""
-        buf = x.clone()
+        buf = x.detach().to("cpu").clone()
         if dist.is_initialized() and dist.get_world_size(self.group) > 1:
             if dist.get_backend(self.group) == "nccl":
                 buf = buf.cuda()
