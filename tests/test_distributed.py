@@ -150,3 +150,18 @@ def test_shard_refuses_an_uneven_split():
     assert shard(list(range(8)), 1, 2) == [4, 5, 6, 7]
     with pytest.raises(ValueError, match="does not split evenly over 3 ranks"):
         shard(list(range(8)), 0, 3)
+
+
+def test_bench_scale_reports_throughput_bytes_and_efficiency(capsys):
+    """The numbers are this machine's; the test checks the report, not a speed."""
+    import json
+
+    from zotune.cli import main
+
+    assert main(["bench", "scale", "--model", "tiny-llama", "--batch", "4", "--seq", "8", "--steps", "1",
+                 "--warmup", "0"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["mode"] == "data" and res["processes"] == 2
+    assert res["one"]["bytes_per_step"] == 0 and res["many"]["bytes_per_step"] == 16
+    assert res["one"]["samples_per_s"] > 0 and res["efficiency"] > 0
+    assert main(["bench", "scale", "--model", "tiny-llama", "--batch", "5"]) == 2

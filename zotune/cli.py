@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="`zotune bench step`: one step of each phase on one model and batch, in one run, "
                                    "as JSON lines (--table for a table) with the ratios; `zotune bench noise`: one "
                                    "pass of each noise source against the copy floor. See zotune/bench.py.")
-    p.add_argument("what", nargs="?", choices=("step", "noise"), default="step", help="what to time (default: step)")
+    p.add_argument("what", nargs="?", choices=("step", "noise", "scale"), default="step",
+                   help="what to time (default: step); scale: throughput at 1 and --processes processes")
     p.add_argument("--model", default="smollm2", help="model spec, or a random architecture: opt-125m, opt-1.3b, "
                                                       "opt-6.7b, opt-13b, llama-1b (default: smollm2)")
     p.add_argument("--task", help="time a real training batch of this task (default: random tokens)")
@@ -155,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--numel", type=int, default=1 << 24, help="bench noise: elements per pass (default 16M)")
     p.add_argument("--table", action="store_true", help="print a table instead of JSON lines")
     p.add_argument("--json", metavar="FILE", help="also write the whole result as one JSON file")
+    p.add_argument("--mode", default="data", help="bench scale: data (the batch split over processes) or evaluation "
+                                                 "(the step's forwards split over processes)")
+    p.add_argument("--processes", type=int, default=2, help="bench scale: processes to compare with one (default 2)")
+    p.add_argument("--directions", type=int, help="bench scale: directions per step (default: 1 for data, "
+                                                  "--processes for evaluation)")
+    p.add_argument("--threads", type=int, default=1, help="bench scale: CPU threads per process (default 1)")
 
     p = sub.add_parser("plot", help="loss and dev-accuracy curves of runs",
                        description="Plot smoothed training loss and dev accuracy of one or more runs.")
@@ -338,6 +345,17 @@ def _cmd_plot(args) -> int:
 def _cmd_bench(args) -> int:
     from zotune.bench import bench_noise, bench_step, format_noise, format_table, split_methods
 
+    if args.what == "scale":
+        from zotune.bench_scale import bench_scale
+
+        autocast = None if args.autocast.lower() == "none" else args.autocast
+        result = bench_scale(args.model, batch=args.batch, seq=args.seq, mode=args.mode, processes=args.processes,
+                             directions=args.directions, threads=args.threads, steps=args.steps, warmup=args.warmup,
+                             autocast=autocast)
+        print(json.dumps(result))
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        return 0
     if args.what == "noise":
         result = bench_noise(numel=args.numel, device=args.device, steps=args.steps, warmup=args.warmup)
         rows, table = result["sources"], format_noise(result)
