@@ -73,6 +73,11 @@ def _worker(rank: int, world: int, store: str, out: str, cfg: dict) -> None:
 
 def _run(world: int, cfg: dict) -> dict:
     ctx = multiprocessing.get_context("spawn")
+    # every thread pool of a process sized to --threads, waiting passively: a spinning OpenMP or numba
+    # pool in one process steals the core another process computes on
+    threads = str(cfg["threads"])
+    os.environ.update(OMP_NUM_THREADS=threads, NUMBA_NUM_THREADS=threads, MKL_NUM_THREADS=threads,
+                      OMP_WAIT_POLICY="PASSIVE")
     with tempfile.TemporaryDirectory(prefix="zotune-scale-") as tmp:
         procs = [ctx.Process(target=_worker, args=(r, world, str(Path(tmp) / "store"), tmp, cfg)) for r in range(world)]
         for p in procs:
