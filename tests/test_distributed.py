@@ -165,3 +165,21 @@ def test_bench_scale_reports_throughput_bytes_and_efficiency(capsys):
     assert res["one"]["bytes_per_step"] == 0 and res["many"]["bytes_per_step"] == 16
     assert res["one"]["samples_per_s"] > 0 and res["efficiency"] > 0
     assert main(["bench", "scale", "--model", "tiny-llama", "--batch", "5"]) == 2
+
+
+def test_the_torchrun_example_runs_on_two_cpu_processes(tmp_path):
+    """README's command line: ``torchrun --nproc-per-node 2 examples/torchrun_mezo.py`` (data- and
+    evaluation-parallel) trains and reports the bytes rank 0 sent per step."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    for extra, sent in (([], 16), (["--parallel", "evaluation", "--directions", "2"], 32)):
+        run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                              "--standalone", str(root / "examples" / "torchrun_mezo.py"), "--model",
+                              "tiny-llama", "--steps", "2", "--lr", "1e-3", *extra],
+                             capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert "step 2: loss" in run.stdout and f"bytes sent per step by rank 0: {sent}" in run.stdout

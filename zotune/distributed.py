@@ -70,10 +70,10 @@ def init(backend: str | None = None, timeout_s: float = 300.0, init_method: str 
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    where = {} if init_method is None else dict(init_method=init_method, rank=int(os.environ.get("RANK", 0)),
+                                                world_size=int(os.environ.get("WORLD_SIZE", 1)))
     try:
-        dist.init_process_group(backend, init_method=init_method, timeout=datetime.timedelta(seconds=timeout_s),
-                                rank=int(os.environ.get("RANK", 0)) if init_method else None,
-                                world_size=int(os.environ.get("WORLD_SIZE", 1)) if init_method else None)
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), **where)
     except (RuntimeError, ValueError) as err:
         raise DistributedError(f"could not form the process group ({err}); launch with torchrun, which sets "
                                "RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT") from None
