@@ -70,6 +70,8 @@ def init(backend: str | None = None, timeout_s: float = 300.0, init_method: str 
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if backend == "nccl":  # NCCL's all-reduce runs on the current device: this rank's own
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     where = {} if init_method is None else dict(init_method=init_method, rank=int(os.environ.get("RANK", 0)),
                                                 world_size=int(os.environ.get("WORLD_SIZE", 1)))
     try:
