@@ -24,9 +24,10 @@ each rank evaluates whole directions, both signs (direction-parallel); with fewe
 forwards of one direction go to different ranks (perturbation-parallel, as DistZO2, arXiv
 2507.03211). Every rank then holds every loss, bit for bit the values one process would compute, and
 applies the same update; rank 0's tape holds them all, so one process can replay the run. It serves
-every method whose forwards go through ``Engine.spsa`` or ``Engine.one_sided_spsa`` (MeZO, the
-ZO-SGD family, ZO-Adam, the samplers' presets, FZOO, ZO-Muon...); the pool methods still evaluate
-on every rank.
+every forward that goes through ``Engine.evaluations`` (``spsa``, ``one_sided_spsa``, ``two_point``,
+``one_sided``: MeZO, the ZO-SGD family, ZO-Adam, the samplers' presets, FZOO, ZO-Muon, MeZO-GV's and
+MeZO-Greedy's pools); single forwards read through ``loss_at`` alone (ZO-SGD-Cons's candidates,
+MeZO-Greedy's L(θ)) run on every rank.
 
 The ``torchrun`` launch of ``zotune train`` (rank 0 writing the run folder) and the data ×
 evaluation grid are not here yet (issue 13).

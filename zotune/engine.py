@@ -344,19 +344,14 @@ class Engine:
     def two_point(self, closure: Callable, direction: Direction, eps: float,
                   subset: Subset = None, origin: Origin | None = None) -> tuple[float, float]:
         """L(θ+εd) and L(θ−εd) as floats (one host synchronisation), θ = ``origin`` if given.
-        Raises on NaN/inf."""
-        lp = self.loss_at(closure, direction, eps, subset, origin)
-        lm = self.loss_at(closure, direction, -eps, subset, origin)
-        lp_f, lm_f = torch.stack([lp, lm]).tolist()
-        check_finite(lp_f, lm_f, step=self.clock().index + 1)
-        return lp_f, lm_f
+        Raises on NaN/inf. With ranks, the two forwards may run on two of them (``evaluations``)."""
+        lp, lm = self.evaluations(closure, [(direction, eps, subset), (direction, -eps, subset)], origin, paired=True)
+        return lp, lm
 
     def one_sided(self, closure: Callable, seeds: list[int], eps: float, subset: Subset = None) -> list[float]:
         """L(θ + ε·z(s)) for each seed (a pool's scores), read with one host synchronisation.
-        Raises on NaN/inf."""
-        losses = torch.stack([self.loss_at(closure, s, eps, subset) for s in seeds]).tolist()
-        check_finite(*losses, step=self.clock().index + 1)
-        return losses
+        Raises on NaN/inf. With ranks, the scores are shared out (``evaluations``)."""
+        return self.evaluations(closure, [(s, eps, subset) for s in seeds])
 
     def evaluations(self, closure: Callable, points: list[tuple[Direction, float, Subset]],
                     origin: Origin | None = None, paired: bool = False) -> list[float]:
