@@ -82,11 +82,16 @@ def save_adapter(model: torch.nn.Module, run: Path) -> None:
     model.save_pretrained(str(Path(run) / ADAPTER_DIR), safe_serialization=True)
 
 
-def merged(model: torch.nn.Module, mode: str) -> torch.nn.Module:
-    """The plain model with the adapter folded into its weights (LoRA), for export."""
+def check_mergeable(mode: str) -> None:
+    """Refuse to merge an adapter that is not a change of the weights (prefix, prompt)."""
     if mode in ("prefix", "prompt"):
         raise ValueError(f"a {mode}-tuning adapter is not a change of the weights and cannot be merged into them; "
                          "serve it with peft (PeftModel.from_pretrained(base, RUN/adapter)) instead of exporting")
+
+
+def merged(model: torch.nn.Module, mode: str) -> torch.nn.Module:
+    """The plain model with the adapter folded into its weights (LoRA), for export."""
+    check_mergeable(mode)
     return model.merge_and_unload() if mode == "lora" else model
 
 
@@ -96,4 +101,4 @@ def quiet() -> None:
         warnings.filterwarnings("ignore", message=f".*{text}")
 
 
-__all__ = ["ADAPTER_DIR", "MODES", "apply_adapter", "load_adapter", "merged", "peft_config", "save_adapter"]
+__all__ = ["ADAPTER_DIR", "MODES", "apply_adapter", "check_mergeable", "load_adapter", "merged", "peft_config", "save_adapter"]

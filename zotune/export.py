@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from zotune.adapters import load_adapter, merged
+from zotune.adapters import check_mergeable, load_adapter, merged
 from zotune.config import load_config
 from zotune.run_folder import check_out_dir, load_weights
 
@@ -27,8 +27,7 @@ def export_run(run: str | Path, out: str | Path, overwrite: bool = False) -> dic
     if not (run / "config.yaml").is_file():
         raise FileNotFoundError(f"{run} is not a zotune run folder (no config.yaml)")
     config = load_config(run / "config.yaml")
-    if config.mode in ("prefix", "prompt"):
-        merged(None, config.mode)  # raises with the explanation
+    check_mergeable(config.mode)
     out = check_out_dir(out, overwrite)
     model, tokenizer = load_model(config.model, dtype=config.dtype, device="cpu")
     if config.mode == "ft":

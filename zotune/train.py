@@ -204,16 +204,7 @@ def make_anchor_closure(s, opt, step: int, counter: list[int]):
     parts = [pick[i:i + config.batch_size] for i in range(0, len(pick), config.batch_size)]
     batches = [(len(p), encode(s.task, s.tokenizer, [s.train_ex[i] for i in p], max_length=s.max_length,
                                objective=config.objective)) for p in parts]
-
-    def anchor_closure():
-        total = 0.0
-        for size, batch in batches:
-            counter[0] += 1
-            with autocast_context(s.device, config.autocast):
-                total = total + loss_fn(s.model, batch).float() * size
-        return total / len(pick)
-
-    return anchor_closure
+    return make_closure(s.model, batches, s.device, config.autocast, True, opt, counter)
 
 
 def autocast_context(device, autocast):
