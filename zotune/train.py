@@ -526,12 +526,13 @@ def run_loop(s: Session, prog: Progress, writer: TrajectoryWriter, base: dict, p
         record = None
         if step % config.log_every == 0 or step == config.steps:
             record = {"step": step, "loss": prog.last_loss, "lr": opt.param_groups[0].get("lr"),
-                      "elapsed": round(time.perf_counter() - t_loop, 3)}
+                      "forward_passes": prog.forward_passes, "elapsed": round(time.perf_counter() - t_loop, 3)}
         if (config.eval_every and step % config.eval_every == 0) or step == config.steps:
             prog.last_dev = s.evaluate(s.dev_ex)["score"]
             if prog.best_dev is None or prog.last_dev > prog.best_dev:
                 prog.best_dev, prog.best_step = prog.last_dev, step
-            record = record or {"step": step, "loss": prog.last_loss, "lr": opt.param_groups[0].get("lr")}
+            record = record or {"step": step, "loss": prog.last_loss, "lr": opt.param_groups[0].get("lr"),
+                                "forward_passes": prog.forward_passes}
             record.update(dev_accuracy=prog.last_dev, elapsed=round(time.perf_counter() - t_loop, 3))
             bar.write(f"step {step}: loss {prog.last_loss:.4f}, dev {s.task.metric} {prog.last_dev:.4f}")
         if record is not None:
@@ -630,6 +631,15 @@ def run_loop(s: Session, prog: Progress, writer: TrajectoryWriter, base: dict, p
     return finish(s, prog, base, stopped, good_batch, checkpoint)
 
 
+def state_bytes(opt) -> int:
+    """Bytes of optimizer state kept between steps: every tensor in ``opt.state`` (ZO methods
+    count their own, e.g. fp32 masters and moments; torch's AdamW its two moments and step)."""
+    if hasattr(opt, "state_bytes"):
+        return opt.state_bytes()
+    return sum(v.numel() * v.element_size() for st in opt.state.values() for v in st.values()
+               if isinstance(v, torch.Tensor))
+
+
 class CheckpointWriteError(TrainingFailure):
     """A checkpoint could not be written (a full disk): the run stops, resumable once fixed."""
 
@@ -688,6 +698,7 @@ def finish(s: Session, prog: Progress, base: dict, stopped: str | None, good_bat
         "weights_step": weights_step,
         "train_forward_passes": prog.forward_passes,
         "trainable_parameters": sum(p.numel() for _, p in s.named),
+        "state_bytes": state_bytes(s.opt),
         "train_time_s": round(prog.train_time_s, 3),
         "wall_time_s": round(time.perf_counter() - s.t_start, 3),
         "trajectory_bytes": (out / TRAJECTORY).stat().st_size,
