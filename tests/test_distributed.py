@@ -185,3 +185,120 @@ def test_the_torchrun_example_runs_on_two_cpu_processes(tmp_path):
                              capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
         assert run.returncode == 0, run.stderr[-2000:]
         assert "step 2: loss" in run.stdout and f"bytes sent per step by rank 0: {sent}" in run.stdout
+
+
+# --------------------------------------------------------------------------- zotune train under torchrun
+
+TRAIN = ["--model", "tiny-llama", "--task", "sst2", "--batch-size", "8", "--eval-every", "2", "--eval-examples",
+         "16", "--test-examples", "20", "--lr", "1e-3", "--eps", "1e-2", "--save-every", "2", "--no-progress"]
+QUIET_THREADS = {"OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def _zotune(cwd, *args, ranks=None, timeout=300):
+    """``zotune train ...`` in one process, or under ``torchrun --nproc-per-node ranks``."""
+    import subprocess
+    import sys
+
+    launch = ([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks), "--standalone"]
+              if ranks else [sys.executable])
+    return subprocess.run([*launch, "-m", "zotune", "train", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, **QUIET_THREADS}, timeout=timeout)
+
+
+def _weights(run):
+    from safetensors.torch import load_file
+
+    return load_file(run / "model.safetensors")
+
+
+def _losses(run):
+    from zotune.trajectory import read_trajectory
+
+    return [r.values for r in read_trajectory(run).records]
+
+
+@pytest.mark.parametrize("ranks,split,single", [
+    (2, ["--evaluation-ranks", "1"], ["--grad-accum", "2"]),  # data-parallel: a half batch per rank
+    (2, ["--evaluation-ranks", "2", "--opt", "num_directions=2"], ["--opt", "num_directions=2"]),  # one direction each
+    (4, ["--evaluation-ranks", "2", "--opt", "num_directions=2"], ["--grad-accum", "2", "--opt", "num_directions=2"]),
+])
+def test_zotune_train_under_torchrun_equals_one_process(tmp_path, ranks, split, single):
+    """The README's torchrun lines: weights, trajectory losses and test accuracy equal one process
+    reading the same micro-batches (bit for bit: the float64 sums add in the same order); rank 0
+    alone writes, and the run folder holds what a one-process run's does; MeZO sends ≤ 64 bytes a
+    step (16 for the losses, 8 for the stop flag, per rank; 32 more per step when 2 directions are
+    shared out)."""
+    import json
+
+    (tmp_path / "many").mkdir()
+    (tmp_path / "one").mkdir()
+    got = _zotune(tmp_path / "many", *TRAIN, "--steps", "3", "--out", "run", *split, ranks=ranks)
+    assert got.returncode == 0, got.stderr[-3000:]
+    want = _zotune(tmp_path / "one", *TRAIN, "--steps", "3", "--out", "run", *single)
+    assert want.returncode == 0, want.stderr[-3000:]
+    many, one = tmp_path / "many" / "run", tmp_path / "one" / "run"
+    a, b = _weights(many), _weights(one)
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    assert _losses(many) == _losses(one)
+    assert sorted(p.name for p in (tmp_path / "many").iterdir()) == ["run"]  # nobody wrote elsewhere
+    assert sorted(p.name for p in many.iterdir()) == sorted(p.name for p in one.iterdir())
+    res, ref = json.loads((many / "results.json").read_text()), json.loads((one / "results.json").read_text())
+    assert res["ranks"] == ranks and res["evaluation_ranks"] == int(split[1])
+    assert res["test_accuracy"] == ref["test_accuracy"] and res["final_loss"] == ref["final_loss"]
+    directions = 2 if "num_directions=2" in split else 1
+    per_step = (8 * 2 if ranks // int(split[1]) > 1 else 0) + (16 * directions if int(split[1]) > 1 else 0) + 8
+    assert res["bytes_per_step"] == round((3 * per_step + 8) / 3, 1)  # + the flag asked after the last step
+    if directions == 1:
+        assert res["bytes_per_step"] <= 64
+    assert got.stdout.count("fine-tuned test accuracy") == 1  # rank 0 reports for all
+
+
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
+    """SIGTERM to rank 1 alone: the ranks agree on it at the next step, rank 0 checkpoints, and a
+    torchrun resume ends bit-identical to an uninterrupted run."""
+    import signal
+    import subprocess
+    import sys
+
+    args = [*TRAIN, "--steps", "40", "--eval-every", "20", "--save-every", "10"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone", "-m", "zotune",
+           "train", *args, "--out", "cut"]
+    run = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ, **QUIET_THREADS}, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "cut" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.is_file() and metrics.stat().st_size) and time.time() < deadline and run.poll() is None:
+        time.sleep(0.1)
+    import psutil
+
+    workers = [p for p in psutil.Process(run.pid).children(recursive=True) if "zotune" in " ".join(p.cmdline())]
+    rank1 = next(p for p in workers if p.environ().get("RANK") == "1")
+    rank1.send_signal(signal.SIGTERM)
+    out, err = run.communicate(timeout=120)
+    assert "SIGTERM: stopped after step" in err, err[-3000:]
+    from zotune.trajectory import read_trajectory
+
+    stopped_at = read_trajectory(tmp_path / "cut").last_step
+    assert 0 < stopped_at < 40 and (tmp_path / "cut" / f"checkpoint-{stopped_at:08d}").is_dir()
+    resumed = _zotune(tmp_path, "--resume", "cut", "--no-progress", ranks=2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    whole = _zotune(tmp_path, *args, "--out", "whole", ranks=2)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    a, b = _weights(tmp_path / "cut"), _weights(tmp_path / "whole")
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--optimizer", "adamw"], "first-order"),
+    (["--optimizer", "forward-grad"], "reads derivatives from its closure"),
+    (["--batch-size", "6", "--grad-accum", "2"], "does not split over 2 data-parallel ranks"),
+])
+def test_runs_that_cannot_be_shared_out_are_refused_before_loading(tmp_path, monkeypatch, flags, message):
+    from zotune.config import TrainConfig, merge
+    from zotune.train import join_ranks
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    config = merge(TrainConfig(model="tiny-llama", lr=1e-3), {k.lstrip("-").replace("-", "_"): v
+                                                                for k, v in zip(flags[::2], flags[1::2])})
+    with pytest.raises(ValueError, match=message):
+        join_ranks(config)

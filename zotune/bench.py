@@ -39,41 +39,8 @@ import torch
 
 from zotune.models import autocast_context, load_model, resolve_device
 from zotune.optim import OPTIMIZERS, build_optimizer, optimizer_class
+from zotune.optim.textbook_mezo import published_noise, textbook_mezo_step  # noqa: F401 (kept importable from here)
 from zotune.tasks import encode, get_task, loss_fn
-def published_noise(seed: int):
-    """MeZO's own noise (Malladi et al. 2023, ``zo_perturb_parameters``): the global RNG reseeded
-    with the step seed, then one ``torch.normal`` per tensor in parameter order. Returns
-    ``z(name, param)``; call it once per pass, as the original reseeds once per pass."""
-    torch.manual_seed(seed)
-    return lambda name, p: torch.normal(mean=0, std=1, size=p.shape, device=p.device, dtype=p.dtype)
-
-
-def textbook_mezo_step(named_params, closure, lr: float, eps: float, seed: int, noise=published_noise) -> float:
-    """The published MeZO step: four passes that write the weights (+ε, −2ε, +ε, then the update;
-    out of place, as published), each regenerating z.
-
-    Timed by ``zotune bench`` with the published noise (which reseeds the global RNG; the caller
-    restores it). Given the engine's generator as ``noise`` it is MeZO's textbook twin: the
-    tests run it beside ``zotune.optim.MeZO`` and compare the weights every step.
-    """
-    params = [(n, p) for n, p in named_params if p.requires_grad]
-
-    def perturb(scale):
-        z = noise(seed)
-        for n, p in params:
-            p.data = p.data + scale * eps * z(n, p)
-
-    with torch.no_grad():
-        perturb(1)
-        l1 = closure()
-        perturb(-2)
-        l2 = closure()
-        perturb(1)
-        g = ((l1 - l2) / (2 * eps)).item()
-        z = noise(seed)
-        for n, p in params:
-            p.data = p.data - lr * g * z(n, p)
-    return g
 
 
 def _timed(fn: Callable[[], object], steps: int, warmup: int, device: torch.device) -> tuple[float, float | None]:

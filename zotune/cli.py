@@ -221,6 +221,10 @@ def _cmd_train(args, demo: bool = False) -> int:
 
 
 def _report(results: dict) -> int:
+    from zotune.distributed import is_writer
+
+    if not is_writer():  # under torchrun rank 0 reports for every rank
+        return results.get("exit_code", EXIT_NONFINITE if results.get("stopped") else 0)
     if results.get("interrupted") and results.get("resumable") is False:
         print(f"zotune: {results['interrupted']} before the first step; nothing to resume", file=sys.stderr)
         return results["exit_code"]

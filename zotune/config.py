@@ -73,6 +73,8 @@ class TrainConfig:
     lora_targets: str | None = None
     virtual_tokens: int = 20
     grad_accum: int = 1
+    evaluation_ranks: int = 1
+    rank_timeout_s: float = 300.0
     log_every: int = 1
     save_weights: bool = True
     save_every: int = 500
@@ -125,6 +127,11 @@ HELP = {
     'virtual_tokens': 'learned virtual tokens (--mode prefix or prompt)',
     'grad_accum': "split each step's batch into this many micro-batches that share the step's directions and "
                   "whose losses are averaged: the same step, one micro-batch's activation memory",
+    'evaluation_ranks': "under torchrun: ranks that share out each step's forward passes on the same batch "
+                        "(evaluation-parallel); the world size / this many groups split the batch (data-parallel). "
+                        "1: data-parallel only; the world size: evaluation-parallel only",
+    'rank_timeout_s': "under torchrun: seconds a rank waits for the others before the run stops on every rank "
+                      "(raise it if checkpoints of a large model take longer to write)",
     'log_every': 'write a metrics.jsonl line every this many steps',
     'save_weights': 'save trainable weights as model.safetensors',
     'save_every': "write a resumable checkpoint (weights, optimizer state) every this many steps (0: only at "
@@ -344,6 +351,10 @@ def validate(config: TrainConfig) -> None:
     if c.grad_accum < 1 or c.batch_size % max(c.grad_accum, 1):
         problems.append(f"grad_accum must be >= 1 and divide batch_size (got {c.grad_accum} for a batch of "
                         f"{c.batch_size}): each step's batch is split into that many equal micro-batches")
+    if c.evaluation_ranks < 1:
+        problems.append(f"evaluation_ranks must be >= 1 (got {c.evaluation_ranks}); 1 is data-parallel only")
+    if not (c.rank_timeout_s > 0 and math.isfinite(c.rank_timeout_s)):
+        problems.append(f"rank_timeout_s must be a positive number of seconds (got {c.rank_timeout_s})")
     if c.max_length is not None and c.max_length < 8:
         problems.append(f"max_length must be >= 8 tokens (got {c.max_length})")
     if c.max_new_tokens is not None and c.max_new_tokens < 1:

@@ -29,8 +29,13 @@ every forward that goes through ``Engine.evaluations`` (``spsa``, ``one_sided_sp
 MeZO-Greedy's pools); single forwards read through ``loss_at`` alone (ZO-SGD-Cons's candidates,
 MeZO-Greedy's L(θ)) run on every rank.
 
-The ``torchrun`` launch of ``zotune train`` (rank 0 writing the run folder) and the data ×
-evaluation grid are not here yet (issue 13).
+``zotune train`` under ``torchrun`` (``Layout``): the world is D data groups × E evaluation
+ranks (``--evaluation-ranks E``; rank = d·E + e). The E ranks of a data group read the same shard
+of the batch and share out the step's forward passes; the D ranks with the same e read different
+shards of the batch and evaluate the same forward passes, summing their losses. E = 1 is pure
+data-parallel, E = world pure evaluation-parallel. Ranks also agree each step on whether a signal
+asked them to stop (8 bytes), and share out dev and test evaluations. Rank 0 alone writes the run
+folder; the others write nothing.
 """
 
 from __future__ import annotations
@@ -106,7 +111,7 @@ class DataParallel:
 
     def closure(self, parts: list[tuple[int, Callable[[], torch.Tensor]]], global_size: int):
         def value():
-            local = weighted_sum([(n, f()) for n, f in parts])
+            local = weighted_sum([(n, f()) for n, f in parts]) if parts else torch.zeros((), dtype=torch.float64)
             total = self.all_reduce(local)
             return (total / global_size).float()
 
@@ -157,3 +162,117 @@ def split_evaluations(opt, group=None) -> Split:
     """Make ``opt`` share out each step's forward passes over the ranks of ``group``."""
     opt.engine.split = Split(group)
     return opt.engine.split
+
+
+def launched() -> bool:
+    """Whether this process is one of several that torchrun started (WORLD_SIZE > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def is_writer() -> bool:
+    """Whether this process writes files and logs: rank 0, or the only process."""
+    if dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def even_share(items: list, rank: int, world: int) -> list:
+    """Rank ``rank``'s contiguous share of ``items``, sizes differing by at most one (some may be
+    empty): for sets that need not split evenly (evaluation examples, MeZO-SVRG's anchor)."""
+    lo, hi = len(items) * rank // world, len(items) * (rank + 1) // world
+    return items[lo:hi]
+
+
+class Layout:
+    """How the ranks of a torchrun-launched run share each step: D data groups × E evaluation ranks.
+
+    Rank r is data group d = r // E and evaluation rank e = r % E. Every rank of data group d reads
+    shard d of the step's batch; the ranks sharing e form a data-parallel group that sums each
+    forward's loss (``data``), and the ranks of a data group share out the step's forward passes
+    (``split``, when E > 1). Bytes each rank sent are counted per kind.
+    """
+
+    def __init__(self, evaluation_ranks: int = 1):
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        if evaluation_ranks < 1 or self.world % evaluation_ranks:
+            raise ValueError(f"--evaluation-ranks {evaluation_ranks} does not divide the {self.world} ranks; use "
+                             f"a divisor of {self.world} (1: data-parallel only, {self.world}: evaluation-parallel only)")
+        e_count = evaluation_ranks
+        d_count = self.world // e_count
+        self.data_ranks, self.evaluation_ranks = d_count, e_count
+        self.data_rank, evaluation_rank = divmod(self.rank, e_count)
+        # every rank creates every group, in the same order (torch.distributed requires it)
+        data_groups = ([dist.new_group([d * e_count + e for d in range(d_count)]) for e in range(e_count)]
+                       if 1 < e_count < self.world else None)
+        split_groups = ([dist.new_group([d * e_count + e for e in range(e_count)]) for d in range(d_count)]
+                        if 1 < e_count < self.world else None)
+        self.data = DataParallel(data_groups[evaluation_rank] if data_groups else None)
+        if e_count == 1:
+            self.split = None
+        else:
+            self.split = Split(split_groups[self.data_rank] if split_groups else None)
+        self.control = DataParallel()  # stop flags (every step)
+        self.first_step = 0  # the step this process started from (a resume's), for bytes per step
+        self.sharing = DataParallel()  # evaluation totals (dev and test, not per step)
+
+    def describe(self) -> str:
+        kinds = []
+        if self.data_ranks > 1:
+            kinds.append(f"{self.data_ranks} data-parallel")
+        if self.evaluation_ranks > 1:
+            kinds.append(f"{self.evaluation_ranks} evaluation-parallel")
+        return f"{self.world} ranks ({' × '.join(kinds)})"
+
+    def batch_share(self, indices: list[int]) -> list[int]:
+        """This rank's shard of the step's batch (the same for the E ranks of its data group)."""
+        return shard(indices, self.data_rank, self.data_ranks)
+
+    def anchor_share(self, indices: list[int]) -> list[int]:
+        return even_share(indices, self.data_rank, self.data_ranks)
+
+    def closure(self, parts: list[tuple[int, Callable[[], torch.Tensor]]], global_size: int):
+        """The step's closure: the global batch's mean loss from this rank's micro-batches (the
+        whole batch's when there is one data group: nothing to sum over ranks)."""
+        if self.data_ranks == 1:
+            return lambda: mean_of([(n, f()) for n, f in parts])
+        return self.data.closure(parts, global_size)
+
+    def stop_agreed(self, asked: bool) -> bool:
+        """True on every rank when a signal reached any rank, so all stop after the same step."""
+        return bool(self.control.all_reduce(torch.tensor(float(asked), dtype=torch.float64)) > 0)
+
+    @property
+    def step_bytes(self) -> int:
+        """Bytes this rank sent for its steps: losses and stop flags (evaluations not counted)."""
+        return self.data.bytes_sent + (self.split.bytes_sent if self.split else 0) + self.control.bytes_sent
+
+    def evaluate(self, fn: Callable[[list], dict], examples: list) -> dict:
+        """``fn(examples)`` (an evaluation returning ``n`` and per-example means) run on this rank's
+        share of ``examples`` and combined over every rank: the same means as one process up to
+        the summation order. With fewer examples than ranks every rank evaluates them all."""
+        if len(examples) < self.world:
+            return fn(examples)
+        part = fn(even_share(examples, self.rank, self.world))
+        keys = sorted(k for k, v in part.items() if isinstance(v, float) and k != "score")
+        totals = torch.tensor([part["n"], *(part[k] * part["n"] for k in keys)], dtype=torch.float64)
+        totals = self.sharing.all_reduce(totals)
+        n = int(totals[0])
+        means = {k: float(v) / n for k, v in zip(keys, totals[1:].tolist())}
+        return {**part, **means, "n": n, "score": means[part["metric"]]}
+
+    def from_rank0(self, flag: bool) -> bool:
+        """Rank 0's ``flag``, on every rank (what rank 0 alone can know: its files)."""
+        mine = float(flag) if self.rank == 0 else 0.0
+        return bool(self.sharing.all_reduce(torch.tensor(mine, dtype=torch.float64)) > 0)
+
+    def barrier(self) -> None:
+        """Wait until every rank is here (rank 0 has finished a write the others will read)."""
+        self.sharing.all_reduce(torch.zeros((), dtype=torch.float64))
+
+
+def join(evaluation_ranks: int = 1, timeout_s: float = 300.0) -> Layout | None:
+    """The layout of a torchrun-launched run (joining its process group), or None in one process."""
+    if not launched():
+        return None
+    init(timeout_s=timeout_s)
+    return Layout(evaluation_ranks)

@@ -33,7 +33,7 @@ import torch
 
 from zotune.adapters import apply_adapter, load_adapter, save_adapter
 from zotune.config import DEFAULT_NOISE, TrainConfig, load_config, merge, save_config, validate
-from zotune.distributed import mean_of
+from zotune.distributed import Layout, is_writer, join, mean_of
 from zotune.errors import TrainingFailure
 from zotune.optim import (OPTIMIZERS, NonFiniteLossError, NonFiniteUpdateError, build_optimizer, check_args,
                            is_zeroth_order)
@@ -180,6 +180,23 @@ def make_closure(model, batches: list[tuple[int, dict]], device, autocast, zerot
     return zo_closure if zeroth_order else fo_closure
 
 
+def step_closure(s, indices: list[int], counter: list[int]):
+    """(closure, micro-batches) of one step over the training examples ``indices``. Under torchrun
+    this rank reads its shard of them and the closure's value is the whole batch's mean loss
+    (``Layout.closure``: one float64 all-reduced per forward)."""
+    if s.layout is None:
+        batches = micro_batches(s, indices)
+        return make_closure(s.model, batches, s.device, s.config.autocast, s.zeroth_order, s.opt, counter), batches
+    batches = micro_batches(s, s.layout.batch_share(indices))
+    return s.layout.closure(split_closures(s, batches, counter), len(indices)), batches
+
+
+def split_closures(s, batches: list[tuple[int, dict]], counter: list[int]) -> list[tuple[int, Any]]:
+    """(examples, closure) per micro-batch: the parts a ``Layout`` sums over ranks."""
+    return [(n, make_closure(s.model, [(n, b)], s.device, s.config.autocast, True, s.opt, counter))
+            for n, b in batches]
+
+
 def micro_batches(s, indices: list[int]) -> list[tuple[int, dict]]:
     """The step's examples ``indices`` encoded as ``grad_accum`` equal micro-batches: (examples,
     batch) pairs."""
@@ -201,9 +218,12 @@ def make_anchor_closure(s, opt, step: int, counter: list[int]):
     config = s.config
     pick = random.Random(f"anchor {config.seed} {step}").sample(range(len(s.train_ex)),
                                                                  min(opt.anchor_batch_size, len(s.train_ex)))
-    parts = [pick[i:i + config.batch_size] for i in range(0, len(pick), config.batch_size)]
+    mine = s.layout.anchor_share(pick) if s.layout else pick
+    parts = [mine[i:i + config.batch_size] for i in range(0, len(mine), config.batch_size)]
     batches = [(len(p), encode(s.task, s.tokenizer, [s.train_ex[i] for i in p], max_length=s.max_length,
                                objective=config.objective)) for p in parts]
+    if s.layout:
+        return s.layout.closure(split_closures(s, batches, counter), len(pick))
     return make_closure(s.model, batches, s.device, config.autocast, True, opt, counter)
 
 
@@ -220,12 +240,22 @@ def non_finite_tensors(named_params) -> list[str]:
 
 
 def _log(msg: str) -> None:
-    print(f"zotune: {msg}", file=sys.stderr, flush=True)
+    if is_writer():  # under torchrun, rank 0 speaks for all
+        print(f"zotune: {msg}", file=sys.stderr, flush=True)
+
+
+class Discard:
+    """The trajectory writer and metrics log of a rank that writes nothing (all but rank 0)."""
+
+    def append(self, *args) -> None:
+        pass
+
+    write = cut = close = append
 
 
 # --------------------------------------------------------------------------- the run
 
-RESUME_MAY_CHANGE = ("steps", "save_every", "max_skips")
+RESUME_MAY_CHANGE = ("steps", "save_every", "max_skips", "evaluation_ranks", "rank_timeout_s")
 """Config fields a resumed run may change; any other change would make it another run."""
 
 
@@ -273,14 +303,25 @@ class Session:
     max_length: int
     out: Path
     t_start: float
+    layout: Layout | None = None  # how the ranks share the work, under torchrun
 
     @property
     def zeroth_order(self) -> bool:
         return is_zeroth_order(self.opt)
 
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the run folder: rank 0, or the only process."""
+        return self.layout is None or self.layout.rank == 0
+
+    def shared(self, fn, examples) -> dict:
+        """``fn(examples)``, an evaluation, shared out over the ranks under torchrun."""
+        return self.layout.evaluate(fn, examples) if self.layout else fn(examples)
+
     def evaluate(self, examples) -> dict:
-        return evaluate(self.model, self.tokenizer, self.task, examples, batch_size=32, autocast=self.config.autocast,
-                        device=self.device, max_length=self.max_length)
+        return self.shared(lambda part: evaluate(self.model, self.tokenizer, self.task, part, batch_size=32,
+                                                 autocast=self.config.autocast, device=self.device,
+                                                 max_length=self.max_length), examples)
 
 
 @dataclasses.dataclass
@@ -315,6 +356,7 @@ def prepare(config: TrainConfig, out: Path | None, overwrite: bool, t_start: flo
     if out is None:
         out = check_out_dir(config.out or default_out(config), overwrite)
         config = dataclasses.replace(absolute_paths(config), out=str(out))  # the saved config names its folder
+    layout = join_ranks(config)
     device = resolve_device(config.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -322,8 +364,34 @@ def prepare(config: TrainConfig, out: Path | None, overwrite: bool, t_start: flo
     model, tokenizer = load_run_model(config, str(device))
     named = select_trainable(model, config.trainable)
     opt = build_optimizer(config.optimizer, named, **optimizer_hparams(config))
+    if layout is not None and layout.split is not None:
+        opt.engine.split = layout.split
     return Session(config, task, train_ex, dev_ex, test_ex, model, tokenizer, named, opt, device,
-                   config.max_length or model_context(model), out, t_start)
+                   config.max_length or model_context(model), out, t_start, layout)
+
+
+def join_ranks(config: TrainConfig) -> Layout | None:
+    """Under torchrun: check that the run can be shared out, then join the other ranks (before the
+    model loads: NCCL picks this rank's GPU). None in one process."""
+    from zotune.config import is_zeroth_order_name
+    from zotune.distributed import launched
+    from zotune.optim import optimizer_class
+
+    if not launched():
+        return None
+    if not is_zeroth_order_name(config.optimizer):
+        raise ValueError(f"{config.optimizer} is first-order: under torchrun zotune shares out zeroth-order steps "
+                         "only (ranks agree on losses, not gradients); run it in one process, or use DDP")
+    if not optimizer_class(config.optimizer).scalar_closure:
+        raise ValueError(f"{config.optimizer} reads derivatives from its closure, which ranks cannot combine by "
+                         "sending losses; run it in one process")
+    world = int(os.environ["WORLD_SIZE"])
+    data_ranks = world // config.evaluation_ranks if world % config.evaluation_ranks == 0 else None
+    if data_ranks is not None and config.batch_size % (data_ranks * config.grad_accum):
+        raise ValueError(f"a batch of {config.batch_size} does not split over {data_ranks} data-parallel ranks × "
+                         f"{config.grad_accum} micro-batches; use a --batch-size divisible by "
+                         f"{data_ranks * config.grad_accum}")
+    return join(config.evaluation_ranks, config.rank_timeout_s)
 
 
 def load_run_model(config: TrainConfig, device: str, model: str | None = None):
@@ -348,16 +416,19 @@ def train(config: TrainConfig, overwrite: bool = False, progress: bool = True) -
     """
     s = prepare(config, None, overwrite, time.perf_counter())
     # Everything the run needs now exists: only from here on may the run folder change.
-    out = s.out
-    s.out = open_run_dir(out, overwrite)  # a staging folder until the first step is on disk
-    swap = (s.out, out)
+    out, swap, writer = s.out, None, Discard()
+    if s.writes:
+        s.out = open_run_dir(out, overwrite)  # a staging folder until the first step is on disk
+        swap = (s.out, out)
     try:
-        atomic_write(s.out / "config.yaml", lambda p: save_config(s.config, p))
         n_train = sum(p.numel() for _, p in s.named)
         _log(f"{s.config.optimizer} ({'zeroth' if s.zeroth_order else 'first'}-order) on "
-             f"{n_train:,} trainable parameters in {len(s.named)} tensors -> {out}")
-        header = make_header(trajectory_config(s.config), weights_hash(s.named), s.named, s.device.type)
-        writer = TrajectoryWriter(s.out / TRAJECTORY, header)
+             f"{n_train:,} trainable parameters in {len(s.named)} tensors -> {out}" +
+             (f", {s.layout.describe()}" if s.layout else ""))
+        if s.writes:
+            atomic_write(s.out / "config.yaml", lambda p: save_config(s.config, p))
+            header = make_header(trajectory_config(s.config), weights_hash(s.named), s.named, s.device.type)
+            writer = TrajectoryWriter(s.out / TRAJECTORY, header)
         base = run_baseline(s)
     except BaseException:
         if swap:
@@ -374,19 +445,30 @@ def trajectory_config(config: TrainConfig) -> dict:
 
 def run_baseline(s: Session) -> dict:
     """The zero-shot (or ICL) test evaluation before training, kept in baseline.json so that a
-    resumed run does not redo it."""
+    resumed run does not redo it (under torchrun rank 0 decides, and the ranks share it out)."""
     path = s.out / "baseline.json"
-    if path.is_file():
+    known = None
+    if s.writes and path.is_file():
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            known = json.loads(path.read_text(encoding="utf-8"))
         except ValueError:
             pass  # a damaged file: measure again
+    if s.layout is not None and s.layout.from_rank0(known is not None):
+        return known or {"result": {"metric": s.task.metric, "score": None}, "icl": None}  # rank 0 reports it
+    if known is not None:
+        return known
     what = "ICL" if s.config.icl_shots else "zero-shot"
     _log(f"{what} evaluation on {len(s.test_ex)} test examples ({s.task.metric})")
-    result, icl = baseline(s.model, s.tokenizer, s.task, s.train_ex, s.test_ex, s.config.icl_shots, s.max_length,
-                           batch_size=32, autocast=s.config.autocast, device=s.device)
-    base = {"result": result, "icl": icl}
-    write_json(path, base)
+    shown = {}
+
+    def measure(part):
+        result, shown["icl"] = baseline(s.model, s.tokenizer, s.task, s.train_ex, part, s.config.icl_shots,
+                                        s.max_length, batch_size=32, autocast=s.config.autocast, device=s.device)
+        return result
+
+    base = {"result": s.shared(measure, s.test_ex), "icl": shown["icl"]}
+    if s.writes:
+        write_json(path, base)
     return base
 
 
@@ -396,7 +478,7 @@ def resume(run: str | Path, changes: dict | None = None, progress: bool = True) 
     (e.g. more ``steps``); any other field must equal the run's own."""
     t_start = time.perf_counter()
     out = Path(run)
-    if out.is_dir():
+    if out.is_dir() and is_writer():
         finish_cut_move(out)
     if unstarted_run(out):
         raise ValueError(f"the run in {out} was stopped before its first step, so there is nothing to resume; "
@@ -437,8 +519,10 @@ def resume(run: str | Path, changes: dict | None = None, progress: bool = True) 
     if weights_hash(s.named) != traj.header["base_weights_sha256"]:
         raise TrajectoryError(f"the base weights of {config.model} differ from those {out} started from (hash "
                               "mismatch): the model files changed since the run began; resume with the same model")
-    sweep_temps(out)
-    writer = TrajectoryWriter(out / TRAJECTORY, keep_bytes=traj.valid_bytes)
+    writer = Discard()
+    if s.writes:
+        sweep_temps(out)
+        writer = TrajectoryWriter(out / TRAJECTORY, keep_bytes=traj.valid_bytes)
     prog = restore_progress(s, traj, writer)
     _log(f"resuming {out} at step {prog.step} of {config.steps}")
     base = run_baseline(s)
@@ -513,12 +597,14 @@ def run_loop(s: Session, prog: Progress, writer: TrajectoryWriter, base: dict, p
     from tqdm.auto import tqdm
 
     config, opt = s.config, s.opt
-    log = MetricsLog(s.out)
+    log = MetricsLog(s.out) if s.writes else Discard()
     sampler = prog.sampler or BatchSampler(len(s.train_ex), config.batch_size, config.seed)
     counter = [prog.forward_passes]
     stopped, interrupted, good_batch = None, None, None
     t_loop = time.perf_counter() - prog.train_time_s
-    bar = tqdm(total=config.steps, initial=prog.step, desc="train", unit="step", disable=not progress,
+    if s.layout is not None:
+        s.layout.first_step = prog.step
+    bar = tqdm(total=config.steps, initial=prog.step, desc="train", unit="step", disable=not (progress and s.writes),
                dynamic_ncols=True)
 
     def after_step(step: int) -> None:
@@ -534,7 +620,8 @@ def run_loop(s: Session, prog: Progress, writer: TrajectoryWriter, base: dict, p
             record = record or {"step": step, "loss": prog.last_loss, "lr": opt.param_groups[0].get("lr"),
                                 "forward_passes": prog.forward_passes}
             record.update(dev_accuracy=prog.last_dev, elapsed=round(time.perf_counter() - t_loop, 3))
-            bar.write(f"step {step}: loss {prog.last_loss:.4f}, dev {s.task.metric} {prog.last_dev:.4f}")
+            if s.writes:
+                bar.write(f"step {step}: loss {prog.last_loss:.4f}, dev {s.task.metric} {prog.last_dev:.4f}")
         if record is not None:
             log.write(record)
 
@@ -546,7 +633,15 @@ def run_loop(s: Session, prog: Progress, writer: TrajectoryWriter, base: dict, p
         s.out, swap = swap[1], None
         log = MetricsLog(s.out)
 
+    def stop_now(signals: StopSignals) -> bool:
+        """Whether a signal asks to stop before the next step; under torchrun, a signal to any rank
+        (every rank asks at the same point, so all stop after the same step)."""
+        asked = signals.received is not None
+        return s.layout.stop_agreed(asked) if s.layout else asked
+
     def checkpoint(step: int, weights_file: Path | None = None) -> None:
+        if not s.writes:
+            return
         loop = {k: getattr(prog, k) for k in ("step", "forward_passes", "best_dev", "best_step", "last_dev", "skipped")}
         loop["train_time_s"] = round(time.perf_counter() - t_loop, 3)
         try:
@@ -563,10 +658,9 @@ def run_loop(s: Session, prog: Progress, writer: TrajectoryWriter, base: dict, p
                 after_step(prog.step)  # killed between the step's record and its metrics line
             saved = prog.step
             for step in range(prog.step + 1, config.steps + 1):
-                if signals.received is not None:
+                if stop_now(signals):
                     break
-                batches = micro_batches(s, sampler.next())
-                closure = make_closure(s.model, batches, s.device, config.autocast, s.zeroth_order, opt, counter)
+                closure, batches = step_closure(s, sampler.next(), counter)
                 seed = opt.step_seed() & (2**64 - 1) if s.zeroth_order else 0
                 calls = counter[0]
                 if s.zeroth_order:
@@ -608,7 +702,7 @@ def run_loop(s: Session, prog: Progress, writer: TrajectoryWriter, base: dict, p
                 if config.save_every and step % config.save_every == 0 and step < config.steps:
                     checkpoint(step)
                     saved = step
-            interrupted = signals.received
+            interrupted = signal.SIGTERM if stop_now(signals) and signals.received is None else signals.received
             if interrupted is not None and prog.step > saved:
                 checkpoint(prog.step)
     finally:
@@ -658,7 +752,7 @@ def finish(s: Session, prog: Progress, base: dict, stopped: str | None, good_bat
             restore_base_weights(config, s.named)
             stopped += f" (the weights after step {weights_step} {broken}, so the base model's weights were kept)"
             weights_step = 0
-    if config.save_weights:
+    if config.save_weights and s.writes:
         save_weights(s.named, out / "model.safetensors")
         if config.mode != "ft":
             save_adapter(s.model, out)
@@ -701,14 +795,26 @@ def finish(s: Session, prog: Progress, base: dict, stopped: str | None, good_bat
         "state_bytes": state_bytes(s.opt),
         "train_time_s": round(prog.train_time_s, 3),
         "wall_time_s": round(time.perf_counter() - s.t_start, 3),
-        "trajectory_bytes": (out / TRAJECTORY).stat().st_size,
+        "trajectory_bytes": (out / TRAJECTORY).stat().st_size if s.writes else None,
         "peak_memory_mb": round(peak, 1),
         "peak_memory_kind": peak_kind,
         "device": str(s.device),
         "stopped": stopped,
+        **ranks_summary(s, prog),
     }
-    write_json(out / "results.json", results)
+    if s.writes:
+        write_json(out / "results.json", results)
     return results
+
+
+def ranks_summary(s: Session, prog: Progress) -> dict:
+    """How the run was shared out (1 rank: one process) and the bytes rank 0 sent per step; the
+    counts of forward passes above are rank 0's own."""
+    if s.layout is None:
+        return {"ranks": 1}
+    steps = max(prog.step - s.layout.first_step, 1)
+    return {"ranks": s.layout.world, "data_ranks": s.layout.data_ranks, "evaluation_ranks": s.layout.evaluation_ranks,
+            "bytes_per_step": round(s.layout.step_bytes / steps, 1)}
 
 
 def rebuild_weights(s: Session, step: int) -> bool:

@@ -71,6 +71,10 @@ class ZOOptimizer(Optimizer):
     # be replayed from its trajectory (``zotune.trajectory``); a method whose update also needs
     # tensors from the closure (a first-order half) sets this False.
     replayable = True
+    # A step reads only the closure's value, a float: ranks can agree on it by sending 8 bytes
+    # (``zotune.distributed``). A method that reads derivatives carried by the value (forward-mode
+    # tangents, a backward pass) sets this False.
+    scalar_closure = True
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

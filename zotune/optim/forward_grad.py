@@ -47,6 +47,8 @@ class ForwardGrad(ZOOptimizer):
     """Forward-gradient descent. ``loss = opt.step(closure)`` returns L(θ) (unperturbed);
     ``last_projected_grad`` is the mean directional derivative j of the step."""
 
+    scalar_closure = False  # j is the tangent the closure's value carries
+
     @property
     def forward_passes(self) -> int:
         return super().forward_passes // 2  # one JVP per draw

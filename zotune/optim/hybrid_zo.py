@@ -48,6 +48,7 @@ class HybridZO(ZOOptimizer):
     ``loss = opt.step(closure)`` returns L(θ) from the FO forward. Needs ``named_parameters()``."""
 
     replayable = False  # its first-order half needs gradient tensors, not scalars
+    scalar_closure = False  # ... from a backward pass through the closure's value
 
     @property
     def forward_passes(self) -> int:

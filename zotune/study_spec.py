@@ -1,0 +1,403 @@
+"""The study file of ``zotune bench study``: a grid of (method × task × mode × hyperparameters × seed)
+on one model, read, checked whole and expanded into cells before anything runs.
+
+A cell is one training run (or one baseline evaluation) with a fully resolved ``TrainConfig``; its
+id is a readable slug plus a hash of that config, so a finished cell is found again by a rerun of
+the same file and a changed setting makes a new cell instead of reusing a stale one. The schema
+(``configs/study/*.yaml`` are examples)::
+
+    name: smollm2-cpu               # optional title of the report
+    model: smollm2                  # every cell's model
+    data_dir: /work/shared/data     # optional (else $ZOTUNE_DATA)
+    out: runs/study-smollm2-cpu     # optional; --out overrides
+    defaults: {steps: 300, batch_size: 8, eval_every: 50, ...}  # TrainConfig fields of every cell;
+                                    # the ZO-only ones (eps, noise) are left out for first-order methods
+    tasks: [sst2, copa, rte]
+    task_overrides: {rte: {max_length: 128}}   # optional TrainConfig fields per task
+    seeds: [0]
+    baselines: [zero-shot, icl]     # or {zero-shot: {}, icl: {icl_shots: 16, max_length: 1024}}: once per task
+    methods:
+      - name: MeZO                  # the label in the tables (unique)
+        optimizer: mezo             # a registered optimizer name
+        modes: [ft, lora]           # default [ft]
+        grid: {lr: [1e-6, 1e-5]}    # TrainConfig fields or opt.KEY (optimizer options): all combinations
+        opt: {}                     # optimizer options (TrainConfig.optimizer_kwargs)
+        config: {}                  # other TrainConfig fields of this method
+        tasks: [sst2]               # optional: a subset of the study's tasks
+        mode_overrides: {lora: {grid: {lr: [1e-4]}, opt: {}, config: {}}}
+    sanity: {task: sst2, lr: 3e-5, eps: 1e-3, steps: 200}   # textbook MeZO vs zotune MeZO (noise gaussian)
+    cost: {s_per_example_forward: {sst2: 0.07}, backward_factor: 3}   # optional, for --dry-run's hours
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from zotune.adapters import MODES
+from zotune.config import FIELDS, TrainConfig, from_dict, is_zeroth_order_name, known_optimizers
+
+TOP_KEYS = ("name", "model", "data_dir", "out", "defaults", "tasks", "task_overrides", "seeds", "baselines",
+            "methods", "sanity", "cost")
+METHOD_KEYS = ("name", "optimizer", "modes", "grid", "opt", "config", "tasks", "mode_overrides")
+OVERRIDE_KEYS = ("grid", "opt", "config")
+BASELINES = ("zero-shot", "icl")
+BASELINE_KEYS = ("icl_shots", "max_length", "test_examples")
+OPTIONAL_DEFAULTS = ("lr", "eps", "noise", "weight_decay")
+"""Fields of ``defaults`` a cell leaves out when its optimizer does not take them (AdamW no eps or
+noise, AdaNAGED no lr or eps), so one ``defaults`` serves every method; set in a method, they are checked."""
+EVAL_FIELDS = ("model", "task", "task_spec", "data_dir", "test_examples", "max_length", "max_new_tokens", "dtype",
+               "autocast", "device", "icl_shots")
+"""What a baseline evaluation reads; its cell id depends on these only."""
+CELL_SET = ("model", "task", "optimizer", "mode", "seed", "out", "optimizer_kwargs", "data_dir")
+"""Fields the study sets itself: a method's config or grid may not set them."""
+COST_KEYS = ("s_per_example_forward", "backward_factor", "s_per_cell")
+SANITY_OPTIMIZERS = ("textbook-mezo", "mezo")
+DEFAULT_ICL_SHOTS = 32  # MeZO's ICL baseline
+
+
+class StudyError(ValueError):
+    """A study file that cannot run; the message names the problem and the fix."""
+
+
+@dataclass
+class Cell:
+    """One unit of the study: a training run (kind ``train`` or ``sanity``) or a baseline evaluation
+    (``zero-shot``, ``icl``) of ``config``."""
+
+    kind: str
+    label: str
+    config: TrainConfig
+    grid: dict[str, Any] = field(default_factory=dict)  # this cell's grid point
+    id: str = ""
+
+    def __post_init__(self):
+        if not self.id:
+            self.id = cell_id(self)
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "kind": self.kind, "label": self.label, "grid": self.grid,
+                "config": self.config.to_dict()}
+
+    @staticmethod
+    def from_dict(d: dict) -> "Cell":
+        return Cell(d["kind"], d["label"], from_dict(d["config"], where=f"cell {d['id']}"), d.get("grid") or {},
+                    d["id"])
+
+
+@dataclass
+class Method:
+    name: str
+    optimizer: str
+    modes: list[str]
+    grid: dict[str, list]
+    opt: dict
+    config: dict
+    tasks: list[str] | None
+    mode_overrides: dict[str, dict]
+
+
+@dataclass
+class Study:
+    """A parsed study file; ``cells`` is the whole expanded grid, sanity and baselines first."""
+
+    path: str
+    name: str
+    model: str
+    data_dir: str | None
+    out: str | None
+    defaults: dict
+    tasks: list[str]
+    task_overrides: dict[str, dict]
+    seeds: list[int]
+    baselines: dict[str, dict]
+    methods: list[Method]
+    sanity: dict | None
+    cost: dict
+    cells: list[Cell] = field(default_factory=list)
+
+
+def _slug(value: Any) -> str:
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-").lower()
+
+
+def cell_id(cell: Cell) -> str:
+    """``<task>-<label>-<mode>-<grid point>-s<seed>-<hash>``: readable, and unique to the cell's kind
+    and whole config (the output folder excluded)."""
+    c = cell.config
+    config = {k: v for k, v in c.to_dict().items() if k != "out"}
+    digest = hashlib.sha256(json.dumps({"kind": cell.kind, "config": config}, sort_keys=True, default=str)
+                            .encode()).hexdigest()[:10]
+    point = "-".join(f"{k.removeprefix('opt.')}{_slug(v)}" for k, v in cell.grid.items())
+    parts = (["sanity"] if cell.kind == "sanity" else []) + [c.task, _slug(cell.label)] + ([c.mode] if cell.kind in ("train", "sanity") else [])
+    parts += [point] if point else []
+    parts += [f"s{c.seed}"] if cell.kind in ("train", "sanity") else []
+    return "-".join(p for p in parts if p)[:90] + "-" + digest
+
+
+# --------------------------------------------------------------------------- reading
+
+def _mapping(value, where: str, keys: tuple[str, ...] | None = None) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise StudyError(f"{where} must be a mapping (key: value lines), got {type(value).__name__} {value!r}")
+    if keys is not None:
+        unknown = sorted(set(value) - set(keys))
+        if unknown:
+            raise StudyError(f"unknown key(s) {', '.join(map(repr, unknown))} in {where}; valid keys: {', '.join(keys)}")
+    return dict(value)
+
+
+def _list(value, where: str, default=None) -> list:
+    if value is None:
+        if default is None:
+            raise StudyError(f"{where} is missing; give a list, e.g. {where.split('.')[-1]}: [...]")
+        return list(default)
+    if isinstance(value, (str, int, float)):
+        return [value]
+    if not isinstance(value, list) or not value:
+        raise StudyError(f"{where} must be a non-empty list, got {value!r}")
+    return list(value)
+
+
+def _fields(values: dict, where: str, allowed: tuple[str, ...] = ()) -> dict:
+    """TrainConfig fields, each checked by name (its value is checked when a cell is built)."""
+    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise StudyError(f"unknown config field(s) {', '.join(map(repr, unknown))} in {where}; valid fields: "
+                         f"{', '.join(FIELDS)}")
+    owned = sorted(set(values) & set(CELL_SET) - set(allowed))
+    if owned:
+        raise StudyError(f"{where} sets {', '.join(owned)}, which the study sets for every cell: give model/data_dir "
+                         "at the top, tasks/seeds as lists, the optimizer in `optimizer:`, modes in `modes:`, "
+                         "and optimizer options in `opt:`")
+    return values
+
+
+def _grid(value, where: str) -> dict[str, list]:
+    grid = {}
+    for key, values in _mapping(value, where).items():
+        key = str(key)
+        if not key.startswith("opt."):
+            _fields({key: None}, where)
+        grid[key] = _list(values, f"{where}.{key}")
+    return grid
+
+
+def _method(raw, i: int, tasks: list[str]) -> Method:
+    where = f"methods[{i}]"
+    m = _mapping(raw, where, METHOD_KEYS)
+    for key in ("name", "optimizer"):
+        if not isinstance(m.get(key), str) or not m[key]:
+            raise StudyError(f"{where} needs `{key}:` (a label and a registered optimizer name)")
+    where = f"method {m['name']!r}"
+    if m["optimizer"] not in known_optimizers():
+        raise StudyError(f"{where}: unknown optimizer {m['optimizer']!r}; choose one of {', '.join(known_optimizers())}")
+    modes = [str(x) for x in _list(m.get("modes"), f"{where}.modes", default=["ft"])]
+    bad = [x for x in modes if x not in MODES]
+    if bad:
+        raise StudyError(f"{where}: unknown mode(s) {bad}; choose among {', '.join(MODES)}")
+    own_tasks = m.get("tasks")
+    if own_tasks is not None:
+        own_tasks = [str(t) for t in _list(own_tasks, f"{where}.tasks")]
+        stray = [t for t in own_tasks if t not in tasks]
+        if stray:
+            raise StudyError(f"{where}: tasks {stray} are not among the study's tasks {tasks}; add them to `tasks:`")
+    overrides = {}
+    for mode, o in _mapping(m.get("mode_overrides"), f"{where}.mode_overrides").items():
+        if mode not in modes:
+            raise StudyError(f"{where}.mode_overrides names mode {mode!r}, which is not in its modes {modes}")
+        o = _mapping(o, f"{where}.mode_overrides.{mode}", OVERRIDE_KEYS)
+        overrides[mode] = {"grid": _grid(o.get("grid"), f"{where}.mode_overrides.{mode}.grid"),
+                           "opt": _mapping(o.get("opt"), f"{where}.mode_overrides.{mode}.opt"),
+                           "config": _fields(_mapping(o.get("config"), f"{where}.mode_overrides.{mode}.config"),
+                                             f"{where}.mode_overrides.{mode}.config")}
+    return Method(m["name"], m["optimizer"], modes, _grid(m.get("grid"), f"{where}.grid"),
+                  _mapping(m.get("opt"), f"{where}.opt"), _fields(_mapping(m.get("config"), f"{where}.config"),
+                                                                  f"{where}.config"), own_tasks, overrides)
+
+
+def _baselines(value) -> dict[str, dict]:
+    if value is None:
+        return {}
+    items = {str(v): {} for v in value} if isinstance(value, list) else _mapping(value, "baselines")
+    out = {}
+    for name, options in items.items():
+        if name not in BASELINES:
+            raise StudyError(f"unknown baseline {name!r}; choose among {', '.join(BASELINES)}")
+        out[name] = _mapping(options, f"baselines.{name}", BASELINE_KEYS)
+    return out
+
+
+def _cost(value, tasks: list[str]) -> dict:
+    """The dry run's cost model: numbers (seconds, a factor), s_per_example_forward one or per task."""
+    cost = _mapping(value, "cost", COST_KEYS)
+    for key, v in cost.items():
+        values = v.values() if isinstance(v, dict) and key == "s_per_example_forward" else [v]
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0 for x in values):
+            raise StudyError(f"cost.{key} must be a number >= 0" + (" or a mapping task: seconds"
+                                                                     if key == "s_per_example_forward" else "")
+                             + f", got {v!r}")
+    return cost
+
+
+def read_study(path: str | Path) -> Study:
+    """Parse and check a study file and expand its cells; a StudyError names any problem. Nothing
+    is written."""
+    path = Path(path)
+    if not path.is_file():
+        raise StudyError(f"study file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise StudyError(f"cannot parse study file {path}: {str(e).splitlines()[0]}; write `key: value` lines "
+                         "indented with spaces (see configs/study/tiny.yaml)") from None
+    top = _mapping(raw, f"study file {path}", TOP_KEYS)
+    if not isinstance(top.get("model"), str):
+        raise StudyError(f"study file {path} needs `model:` (e.g. smollm2)")
+    tasks = [str(t) for t in _list(top.get("tasks"), "tasks")]
+    seeds = _list(top.get("seeds"), "seeds", default=[0])
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise StudyError(f"seeds must be whole numbers, got {seeds}")
+    methods = [_method(m, i, tasks) for i, m in enumerate(_list(top.get("methods"), "methods"))]
+    names = [m.name for m in methods]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise StudyError(f"method name(s) {twice} are used twice; give every method entry its own `name:`")
+    task_overrides = {}
+    for task, o in _mapping(top.get("task_overrides"), "task_overrides").items():
+        if task not in tasks:
+            raise StudyError(f"task_overrides names task {task!r}, which is not among the study's tasks {tasks}")
+        task_overrides[task] = _fields(_mapping(o, f"task_overrides.{task}"), f"task_overrides.{task}",
+                                       allowed=("data_dir",))
+    sanity = top.get("sanity")
+    if sanity is not None:
+        sanity = _fields(_mapping(sanity, "sanity"), "sanity", allowed=("task", "seed"))
+        sanity.setdefault("task", "sst2")
+    study = Study(str(path), str(top.get("name") or path.stem), top["model"], top.get("data_dir"), top.get("out"),
+                  _fields(_mapping(top.get("defaults"), "defaults"), "defaults"), tasks, task_overrides,
+                  [int(s) for s in seeds], _baselines(top.get("baselines")), methods, sanity,
+                  _cost(top.get("cost"), tasks))
+    study.cells = expand(study)
+    return study
+
+
+# --------------------------------------------------------------------------- expanding
+
+def _takes(optimizer: str, key: str) -> bool:
+    """Whether the optimizer takes the config field ``key`` (eps and noise: zeroth-order ones only;
+    AdamW's own ``eps`` is another quantity)."""
+    from zotune.optim import check_args
+
+    if key in ("eps", "noise") and not is_zeroth_order_name(optimizer):
+        return False
+    if key == "noise":
+        return True
+    try:
+        check_args(optimizer, {key: 1e-3})
+        return True
+    except ValueError:
+        return False
+
+
+def _config(study: Study, task: str, values: dict, where: str) -> TrainConfig:
+    """The cell's TrainConfig: the study's defaults (less those its optimizer does not take), the
+    task's overrides, then ``values``; checked."""
+    optimizer = values.get("optimizer", "mezo")
+    shared = {**study.defaults, **study.task_overrides.get(task, {})}
+    shared = {k: v for k, v in shared.items() if k not in OPTIONAL_DEFAULTS or _takes(optimizer, k)}
+    merged = {"model": study.model, "data_dir": study.data_dir, "task": task, **shared, **values}
+    try:
+        return from_dict(merged, where=where)
+    except ValueError as e:
+        raise StudyError(f"{where}: {e}") from None
+
+
+def _check_optimizer(config: TrainConfig, where: str) -> None:
+    """The optimizer takes the cell's options (checked without a model, as ``zotune train`` does)."""
+    from zotune.optim import check_args
+    from zotune.train import optimizer_hparams
+
+    try:
+        check_args(config.optimizer, optimizer_hparams(config))
+    except ValueError as e:
+        raise StudyError(f"{where}: {e}") from None
+
+
+def _points(grid: dict[str, list]) -> list[dict]:
+    keys = list(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def method_cells(study: Study, m: Method) -> list[Cell]:
+    cells = []
+    for task in m.tasks or study.tasks:
+        for mode in m.modes:
+            o = m.mode_overrides.get(mode, {})
+            grid = {**m.grid, **o.get("grid", {})}
+            for point in _points(grid):
+                opt = {**m.opt, **o.get("opt", {}), **{k[4:]: v for k, v in point.items() if k.startswith("opt.")}}
+                for seed in study.seeds:
+                    values = {**m.config, **o.get("config", {}), **{k: v for k, v in point.items()
+                                                                  if not k.startswith("opt.")},
+                              "optimizer": m.optimizer, "mode": mode, "seed": seed, "optimizer_kwargs": opt}
+                    where = f"method {m.name!r} ({task}, {mode}, {point or 'no grid'}, seed {seed})"
+                    config = _config(study, task, values, where)
+                    _check_optimizer(config, where)
+                    cells.append(Cell("train", m.name, config, point))
+    return cells
+
+
+def sanity_cells(study: Study) -> list[Cell]:
+    """Textbook MeZO and zotune's MeZO at equal settings: both draw Gaussian noise (the published
+    noise is Gaussian), the same batches (same seed) and the same evaluation."""
+    if study.sanity is None:
+        return []
+    values = {k: v for k, v in study.sanity.items() if k != "task"}
+    cells = []
+    for optimizer in SANITY_OPTIMIZERS:
+        where = f"sanity ({optimizer})"
+        config = _config(study, str(study.sanity["task"]), {**values, "optimizer": optimizer, "noise": "gaussian",
+                                                            "mode": "ft"}, where)
+        _check_optimizer(config, where)
+        cells.append(Cell("sanity", optimizer, config))
+    return cells
+
+
+def baseline_cells(study: Study) -> list[Cell]:
+    cells = []
+    for name, options in study.baselines.items():
+        shots = int(options.get("icl_shots", DEFAULT_ICL_SHOTS)) if name == "icl" else 0
+        extra = {k: v for k, v in options.items() if k != "icl_shots"}
+        for task in study.tasks:
+            where = f"baseline {name} ({task})"
+            config = _config(study, task, {**extra, "icl_shots": shots}, where)
+            # the fields an evaluation does not read stay at their defaults, out of the id
+            config = from_dict({k: getattr(config, k) for k in EVAL_FIELDS}, where=where)
+            cells.append(Cell(name, name, config))
+    return cells
+
+
+def expand(study: Study) -> list[Cell]:
+    """Every cell of the study: the sanity pair, the baselines, then each method's grid. Two cells
+    with the same kind and config would share a folder: refused, naming them."""
+    cells = sanity_cells(study) + baseline_cells(study)
+    for m in study.methods:
+        cells += method_cells(study, m)
+    seen: dict[str, Cell] = {}
+    for c in cells:
+        if c.id in seen:
+            raise StudyError(f"cells {seen[c.id].label!r} and {c.label!r} have the same config ({c.id}); remove one "
+                             "entry or make their settings differ")
+        seen[c.id] = c
+    return cells
