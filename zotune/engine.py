@@ -198,7 +198,8 @@ class Engine:
             raise ValueError(f"kernels must be one of {', '.join(KERNELS)}, got {kernels!r}")
         self.kernels = kernels
         self._fused = None  # the Triton kernels module, once a parameter needs it
-        self.overflow: torch.Tensor | None = None  # set by fused half-precision writes, read once per step
+        # per device (a model split over GPUs): set by fused half-precision writes, read once per step
+        self.overflow: dict[torch.device, torch.Tensor] = {}
         if low_rank_in_forward not in ("never", "auto", "always"):
             raise ValueError(f"low_rank_in_forward must be never, auto or always, got {low_rank_in_forward!r}")
         self.low_rank_in_forward = low_rank_in_forward
@@ -423,7 +424,8 @@ class Engine:
         if delta.device.type == "cuda":
             self.refuse_non_finite(e, decay, finite=True)
             bad = (~torch.isfinite(delta).all()).to(torch.int32).reshape(1)
-            self.overflow = bad if self.overflow is None else self.overflow.bitwise_or_(bad)
+            seen = self.overflow.get(delta.device)
+            self.overflow[delta.device] = bad if seen is None else seen.bitwise_or_(bad)
         else:
             self.refuse_non_finite(e, decay, finite=all_finite(delta))
         flat = delta.reshape(-1)
@@ -440,10 +442,12 @@ class Engine:
             half = e.param.dtype != torch.float32
             rounding = (stream_key(self.clock().seed, e.key, ROUNDING)
                         if half and self.stochastic_rounding and self.master(e.param) is None else None)
-            if half and self.overflow is None:
-                self.overflow = torch.zeros(1, dtype=torch.int32, device=e.param.device)
+            overflow = None
+            if half:
+                overflow = self.overflow.setdefault(e.param.device,
+                                                    torch.zeros(1, dtype=torch.int32, device=e.param.device))
             self._fused.update_(e.param, fused, coef, decay, rounding, kind=self.sampler.kind,
-                                master=self.master(e.param), overflow=self.overflow if half else None)
+                                master=self.master(e.param), overflow=overflow)
             return
         chunks = self.chunks(e, direction)
         self._update(e, lambda a, b: chunks(a, b).mul_(coef), decay)
@@ -473,9 +477,9 @@ class Engine:
         kernel cannot refuse an element without a host synchronisation per parameter, so on the
         fused path the check is one synchronisation per step, after the writes (the training loop
         then rebuilds the last recorded step from its checkpoint and trajectory)."""
-        if self.overflow is not None:
-            bad = bool(self.overflow.item())
-            self.overflow = None
+        if self.overflow:
+            bad = any(bool(flag.item()) for flag in self.overflow.values())
+            self.overflow = {}
             if bad:
                 raise NonFiniteUpdateError(
                     f"an update overflowed or was not finite at step {self.clock().index + 1} (checked once per "
