@@ -8,7 +8,9 @@ once) adds the examples of each call (the anchor batch on MeZO-SVRG's anchor ste
 as ``backward_factor`` forwards, and the evaluations: the test set twice (before and after
 training) and the dev set at each evaluation. With ``cost: {s_per_example_forward: {task: s}}``
 (seconds per example-forward measured on the machine at the threads one cell gets) and
-``s_per_cell`` (loading the model and data), the dry run also estimates hours.
+``s_per_cell`` (loading the model and data), the dry run also estimates hours; ``step_factor``
+(per optimizer) corrects the methods whose steps cost more or less than their forward passes say
+(measured step time over the forward-count prediction: SparseZO's masks, LeZO's skipped layers).
 """
 
 from __future__ import annotations
@@ -70,8 +72,10 @@ def _evaluations(c: TrainConfig) -> int:
     return c.steps // c.eval_every + (1 if c.steps % c.eval_every else 0)
 
 
-def cell_cost(cell: Cell, backward_factor: float) -> dict:
-    """Forward passes (closure calls) and example-forwards of one cell."""
+def cell_cost(cell: Cell, backward_factor: float, step_factor: float = 1.0) -> dict:
+    """Forward passes (closure calls) and example-forwards of one cell; a training step's
+    example-forwards are scaled by ``step_factor`` (the method's measured step time over what its
+    forward passes predict: the noise passes over the weights, a JVP)."""
     c = cell.config
     test = split_size(c.task, "test", c.data_dir, c.test_examples)
     if cell.kind not in ("train", "sanity"):
@@ -84,7 +88,7 @@ def cell_cost(cell: Cell, backward_factor: float) -> dict:
     factor = 1.0 if is_zeroth_order_name(c.optimizer) else backward_factor
     dev = split_size(c.task, "dev", c.data_dir, c.eval_examples)
     return {"forward_passes": round(calls * c.grad_accum * c.steps),
-            "example_forwards": round(examples * factor * c.steps + 2 * test + _evaluations(c) * dev)}
+            "example_forwards": round(examples * factor * step_factor * c.steps + 2 * test + _evaluations(c) * dev)}
 
 
 def study_cost(study: Study, cells: list[Cell]) -> tuple[list[dict], dict]:
@@ -95,7 +99,8 @@ def study_cost(study: Study, cells: list[Cell]) -> tuple[list[dict], dict]:
     rows, totals = [], {"cells": len(cells), "forward_passes": 0, "example_forwards": 0, "seconds": None}
     seconds_total = 0.0
     for cell in cells:
-        row = {"id": cell.id, "kind": cell.kind, **cell_cost(cell, backward), "seconds": None}
+        factor = float((cost.get("step_factor") or {}).get(cell.config.optimizer, 1.0))
+        row = {"id": cell.id, "kind": cell.kind, **cell_cost(cell, backward, factor), "seconds": None}
         rate = per_example.get(cell.config.task) if isinstance(per_example, dict) else per_example
         if rate is not None:
             row["seconds"] = row["example_forwards"] * float(rate) + float(cost.get("s_per_cell", 0.0))

@@ -26,7 +26,8 @@ the same file and a changed setting makes a new cell instead of reusing a stale 
         tasks: [sst2]               # optional: a subset of the study's tasks
         mode_overrides: {lora: {grid: {lr: [1e-4]}, opt: {}, config: {}}}
     sanity: {task: sst2, lr: 3e-5, eps: 1e-3, steps: 200}   # textbook MeZO vs zotune MeZO (noise gaussian)
-    cost: {s_per_example_forward: {sst2: 0.07}, backward_factor: 3}   # optional, for --dry-run's hours
+    cost: {s_per_example_forward: {sst2: 0.07}, backward_factor: 3, s_per_cell: 15,
+           step_factor: {fzoo: 0.76}}   # optional, for --dry-run's hours (zotune/study_cost.py)
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ EVAL_FIELDS = ("model", "task", "task_spec", "data_dir", "test_examples", "max_l
 """What a baseline evaluation reads; its cell id depends on these only."""
 CELL_SET = ("model", "task", "optimizer", "mode", "seed", "out", "optimizer_kwargs", "data_dir")
 """Fields the study sets itself: a method's config or grid may not set them."""
-COST_KEYS = ("s_per_example_forward", "backward_factor", "s_per_cell")
+COST_KEYS = ("s_per_example_forward", "backward_factor", "s_per_cell", "step_factor")
 SANITY_OPTIMIZERS = ("textbook-mezo", "mezo")
 DEFAULT_ICL_SHOTS = 32  # MeZO's ICL baseline
 
@@ -242,12 +243,15 @@ def _baselines(value) -> dict[str, dict]:
 def _cost(value, tasks: list[str]) -> dict:
     """The dry run's cost model: numbers (seconds, a factor), s_per_example_forward one or per task."""
     cost = _mapping(value, "cost", COST_KEYS)
+    per_name = {"s_per_example_forward": "task: seconds", "step_factor": "optimizer: factor"}
     for key, v in cost.items():
-        values = v.values() if isinstance(v, dict) and key == "s_per_example_forward" else [v]
+        values = v.values() if isinstance(v, dict) and key in per_name else [v]
         if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0 for x in values):
-            raise StudyError(f"cost.{key} must be a number >= 0" + (" or a mapping task: seconds"
-                                                                     if key == "s_per_example_forward" else "")
-                             + f", got {v!r}")
+            raise StudyError(f"cost.{key} must be a number >= 0" + (f" or a mapping {per_name[key]}"
+                                                                     if key in per_name else "") + f", got {v!r}")
+    unknown = sorted(set(cost.get("step_factor") or {}) - set(known_optimizers()))
+    if unknown:
+        raise StudyError(f"cost.step_factor names unknown optimizer(s) {unknown}; choose among {known_optimizers()}")
     return cost
 
 
