@@ -64,6 +64,9 @@ def test_grid_modes_overrides_and_a_changed_setting_make_new_cells(tmp_path):
                     ("lora", 1e-2, 1)]
     momentum = [c.config.optimizer_kwargs["momentum"] for c in cells if c.label == "SGD-mom"]
     assert momentum == [0.5, 0.5, 0.9, 0.9]
+    narrowed = [{**methods[0], "task_overrides": {"sst2": {"modes": ["lora"], "grid": {"lr": [5e-3]}}}}]
+    cells = read_study(_study(tmp_path, "c.yaml", methods=narrowed)).cells
+    assert [(c.config.mode, c.config.lr) for c in cells] == [("lora", 5e-3)]  # the task's settings win
     changed = read_study(_study(tmp_path, "b.yaml", seeds=[0, 1], methods=methods,
                                 defaults={**DEFAULTS, "steps": 5})).cells
     assert not {c.id for c in cells} & {c.id for c in changed}
@@ -86,6 +89,27 @@ def test_a_bad_study_is_refused_before_anything_is_written(tmp_path, capsys, cha
     err = capsys.readouterr().err
     assert phrase in err and "Traceback" not in err
     assert not out.exists()
+
+
+REQUIRED = {"adamw", "sgd", "mezo", "zo-sgd-sign", "zo-sgd-momentum", "zo-sgd-cons", "zo-adam", "forward-grad", "subzero",
+            "lozo", "lezo", "sparse-zo", "helene", "mezo-gv", "mezo-greedy", "fzoo", "zo-muon", "sparse-mezo",
+            "mezo-svrg", "adanaged"}
+
+
+@pytest.mark.parametrize("name", ["smollm2-cpu", "smollm2-gpu"])
+def test_shipped_studies_are_valid_and_cover_every_method(name):
+    study = read_study(ROOT / "configs" / "study" / f"{name}.yaml")
+    train = [c for c in study.cells if c.kind == "train"]
+    assert {c.config.optimizer for c in train} == REQUIRED
+    assert {c.config.mode for c in train} == {"ft", "lora", "prefix"}
+    assert set(study.baselines) == {"zero-shot", "icl"} and study.sanity["task"] == "sst2"
+    adanaged = {(c.config.lr, c.config.eps) for c in train if c.config.optimizer == "adanaged"}
+    assert adanaged == {(None, None)}  # its defaults only
+    if name == "smollm2-gpu":
+        assert set(study.tasks) == {"sst2", "rte", "cb", "boolq", "wsc", "wic", "multirc", "copa", "squad"}
+        assert study.seeds == [0, 1, 2]
+    else:
+        assert {c.config.task for c in train} == {"sst2", "copa", "cb"} and study.cost["s_per_example_forward"]
 
 
 def test_malformed_yaml_and_a_foreign_out_folder_are_refused(tmp_path, capsys):

@@ -228,6 +228,7 @@ class Layout:
         return shard(indices, self.data_rank, self.data_ranks)
 
     def anchor_share(self, indices: list[int]) -> list[int]:
+        """This rank's part of MeZO-SVRG's anchor batch (any size: parts may differ by one)."""
         return even_share(indices, self.data_rank, self.data_ranks)
 
     def closure(self, parts: list[tuple[int, Callable[[], torch.Tensor]]], global_size: int):
@@ -264,10 +265,6 @@ class Layout:
         """Rank 0's ``flag``, on every rank (what rank 0 alone can know: its files)."""
         mine = float(flag) if self.rank == 0 else 0.0
         return bool(self.sharing.all_reduce(torch.tensor(mine, dtype=torch.float64)) > 0)
-
-    def barrier(self) -> None:
-        """Wait until every rank is here (rank 0 has finished a write the others will read)."""
-        self.sharing.all_reduce(torch.zeros((), dtype=torch.float64))
 
 
 def join(evaluation_ranks: int = 1, timeout_s: float = 300.0) -> Layout | None:

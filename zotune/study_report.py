@@ -126,6 +126,8 @@ def render_report(study: Study, table: dict, command: str, plots: list[Path]) ->
     for m in study.methods:
         modes = ", ".join(m.modes) + "".join(f"; {mode}: {_grid_text(o['grid'])}" for mode, o in m.mode_overrides.items()
                                              if o.get("grid"))
+        modes += "".join(f"; {task}: {', '.join(o['modes'])}" + (f", {_grid_text(o['grid'])}" if o["grid"] else "")
+                         for task, o in m.task_overrides.items())
         lines.append(f"| {m.name} | `{m.optimizer}` | {modes} | {_grid_text(m.grid)} | "
                      f"{json.dumps({**m.opt, **m.config}, default=str) if (m.opt or m.config) else '-'} | "
                      f"{', '.join(m.tasks or study.tasks)} |")

@@ -25,6 +25,7 @@ the same file and a changed setting makes a new cell instead of reusing a stale 
         config: {}                  # other TrainConfig fields of this method
         tasks: [sst2]               # optional: a subset of the study's tasks
         mode_overrides: {lora: {grid: {lr: [1e-4]}, opt: {}, config: {}}}
+        task_overrides: {copa: {modes: [ft], grid: {lr: [3e-5]}}}   # per task: modes, grid, opt, config
     sanity: {task: sst2, lr: 3e-5, eps: 1e-3, steps: 200}   # textbook MeZO vs zotune MeZO (noise gaussian)
     cost: {s_per_example_forward: {sst2: 0.07}, backward_factor: 3, s_per_cell: 15,
            step_factor: {fzoo: 0.76}}   # optional, for --dry-run's hours (zotune/study_cost.py)
@@ -47,7 +48,7 @@ from zotune.config import FIELDS, TrainConfig, from_dict, is_zeroth_order_name, 
 
 TOP_KEYS = ("name", "model", "data_dir", "out", "defaults", "tasks", "task_overrides", "seeds", "baselines",
             "methods", "sanity", "cost")
-METHOD_KEYS = ("name", "optimizer", "modes", "grid", "opt", "config", "tasks", "mode_overrides")
+METHOD_KEYS = ("name", "optimizer", "modes", "grid", "opt", "config", "tasks", "mode_overrides", "task_overrides")
 OVERRIDE_KEYS = ("grid", "opt", "config")
 BASELINES = ("zero-shot", "icl")
 BASELINE_KEYS = ("icl_shots", "max_length", "test_examples")
@@ -103,6 +104,7 @@ class Method:
     config: dict
     tasks: list[str] | None
     mode_overrides: dict[str, dict]
+    task_overrides: dict[str, dict]
 
 
 @dataclass
@@ -214,18 +216,31 @@ def _method(raw, i: int, tasks: list[str]) -> Method:
         stray = [t for t in own_tasks if t not in tasks]
         if stray:
             raise StudyError(f"{where}: tasks {stray} are not among the study's tasks {tasks}; add them to `tasks:`")
-    overrides = {}
+    mode_overrides = {}
     for mode, o in _mapping(m.get("mode_overrides"), f"{where}.mode_overrides").items():
         if mode not in modes:
             raise StudyError(f"{where}.mode_overrides names mode {mode!r}, which is not in its modes {modes}")
-        o = _mapping(o, f"{where}.mode_overrides.{mode}", OVERRIDE_KEYS)
-        overrides[mode] = {"grid": _grid(o.get("grid"), f"{where}.mode_overrides.{mode}.grid"),
-                           "opt": _mapping(o.get("opt"), f"{where}.mode_overrides.{mode}.opt"),
-                           "config": _fields(_mapping(o.get("config"), f"{where}.mode_overrides.{mode}.config"),
-                                             f"{where}.mode_overrides.{mode}.config")}
+        mode_overrides[mode] = _override(o, f"{where}.mode_overrides.{mode}")
+    task_overrides = {}
+    for task, o in _mapping(m.get("task_overrides"), f"{where}.task_overrides").items():
+        if task not in (own_tasks or tasks):
+            raise StudyError(f"{where}.task_overrides names task {task!r}, which it does not run ({own_tasks or tasks})")
+        o = dict(_mapping(o, f"{where}.task_overrides.{task}", OVERRIDE_KEYS + ("modes",)))
+        task_modes = [str(x) for x in _list(o.pop("modes", None), f"{where}.task_overrides.{task}.modes", modes)]
+        if set(task_modes) - set(modes):
+            raise StudyError(f"{where}.task_overrides.{task}.modes {task_modes} must be among its modes {modes}")
+        task_overrides[task] = {**_override(o, f"{where}.task_overrides.{task}"), "modes": task_modes}
     return Method(m["name"], m["optimizer"], modes, _grid(m.get("grid"), f"{where}.grid"),
                   _mapping(m.get("opt"), f"{where}.opt"), _fields(_mapping(m.get("config"), f"{where}.config"),
-                                                                  f"{where}.config"), own_tasks, overrides)
+                                                                  f"{where}.config"), own_tasks, mode_overrides,
+                  task_overrides)
+
+
+def _override(o, where: str) -> dict:
+    """A method's overrides for one mode or task: its grid, optimizer options, config fields."""
+    o = _mapping(o, where, OVERRIDE_KEYS)
+    return {"grid": _grid(o.get("grid"), f"{where}.grid"), "opt": _mapping(o.get("opt"), f"{where}.opt"),
+            "config": _fields(_mapping(o.get("config"), f"{where}.config"), f"{where}.config")}
 
 
 def _baselines(value) -> dict[str, dict]:
@@ -344,16 +359,20 @@ def _points(grid: dict[str, list]) -> list[dict]:
 
 
 def method_cells(study: Study, m: Method) -> list[Cell]:
+    """The method's cells: per task, mode, grid point and seed. Settings apply in the order method,
+    its mode's overrides, its task's overrides (the most specific last)."""
     cells = []
     for task in m.tasks or study.tasks:
-        for mode in m.modes:
+        t = m.task_overrides.get(task, {})
+        for mode in t.get("modes", m.modes):
             o = m.mode_overrides.get(mode, {})
-            grid = {**m.grid, **o.get("grid", {})}
+            grid = {**m.grid, **o.get("grid", {}), **t.get("grid", {})}
             for point in _points(grid):
-                opt = {**m.opt, **o.get("opt", {}), **{k[4:]: v for k, v in point.items() if k.startswith("opt.")}}
+                opt = {**m.opt, **o.get("opt", {}), **t.get("opt", {}),
+                       **{k[4:]: v for k, v in point.items() if k.startswith("opt.")}}
                 for seed in study.seeds:
-                    values = {**m.config, **o.get("config", {}), **{k: v for k, v in point.items()
-                                                                  if not k.startswith("opt.")},
+                    values = {**m.config, **o.get("config", {}), **t.get("config", {}),
+                              **{k: v for k, v in point.items() if not k.startswith("opt.")},
                               "optimizer": m.optimizer, "mode": mode, "seed": seed, "optimizer_kwargs": opt}
                     where = f"method {m.name!r} ({task}, {mode}, {point or 'no grid'}, seed {seed})"
                     config = _config(study, task, values, where)
