@@ -148,7 +148,7 @@ def test_dry_run_lists_cells_and_cost_and_writes_nothing(tmp_path, capsys):
 def test_study_runs_records_a_failure_reports_and_never_reruns_a_finished_cell(tmp_path, capsys):
     methods = [{"name": "MeZO", "optimizer": "mezo", "grid": {"lr": [1e-3]}},
                {"name": "Broken", "optimizer": "hybrid-zo", "opt": {"fo_params": "no-such-parameter"}}]
-    study = _study(tmp_path, methods=methods, baselines=["zero-shot"],
+    study = _study(tmp_path, methods=methods, baselines=["zero-shot"], keep_weights=False,
                    sanity={"task": "sst2", "lr": 1e-3, "eps": 1e-3})
     out = tmp_path / "out"
     assert main([str(study), "--out", str(out), "--in-process"]) == 1  # one cell failed
@@ -160,6 +160,9 @@ def test_study_runs_records_a_failure_reports_and_never_reruns_a_finished_cell(t
     assert mezo["steps"] == 3 and mezo["forward_passes"] == 6 and 0 <= mezo["test"] <= 1 and mezo["s_per_step"] > 0
     assert mezo["peak_memory_mb"] > 0 and mezo["state_bytes"] == 0 and mezo["trainable_parameters"] > 0
     assert rows["zero-shot:zero-shot"]["test"] == mezo["zero_shot"]  # the same test set, before training
+    run = out / "cells" / mezo["id"]  # keep_weights: false leaves the trajectory and the records only
+    assert (run / "trajectory.zot").is_file() and not (run / "model.safetensors").exists()
+    assert not list(run.glob("checkpoint-*"))
     csv_lines = (out / "results.csv").read_text().splitlines()
     assert csv_lines[0].startswith("id,kind,label") and len(csv_lines) == 1 + len(rows)
     for name in ("dev_vs_forward_passes.png", "test_vs_peak_memory.png", "step_time.png"):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import resource
+import shutil
 import sys
 import time
 import traceback
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from zotune.run_folder import write_json
+from zotune.run_folder import CHECKPOINT_PREFIX, write_json
 from zotune.study_spec import Cell
 
 CELL_FILE = "cell.json"
@@ -50,6 +51,15 @@ def peak_memory_mb(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+def drop_weights(folder: Path) -> None:
+    """Delete a finished run's checkpoints and saved weights (``keep_weights: false``): the study's
+    table reads only results.json and metrics.jsonl, and a replayable ZO run's weights are rebuilt
+    bit for bit from its trajectory by ``zotune replay``. Hundreds of 0.5-1.5 GB runs fit no disk."""
+    for ckpt in folder.glob(CHECKPOINT_PREFIX + "*"):
+        shutil.rmtree(ckpt, ignore_errors=True)
+    (folder / "model.safetensors").unlink(missing_ok=True)
 
 
 def _train(cell: Cell, folder: Path) -> dict:
@@ -93,7 +103,11 @@ def run_cell(folder: str | Path) -> int:
                                          "traceback": traceback.format_exc()[-4000:]})
         print(f"zotune study: cell {cell.id} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         return 1
-    return int(result.get("exit_code", 0)) if result.get("interrupted") else 0
+    if result.get("interrupted"):
+        return int(result.get("exit_code", 0))
+    if cell.kind in ("train", "sanity") and not cell.keep_weights:
+        drop_weights(folder)
+    return 0
 
 
 if __name__ == "__main__":

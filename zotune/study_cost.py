@@ -10,7 +10,9 @@ training) and the dev set at each evaluation. With ``cost: {s_per_example_forwar
 (seconds per example-forward measured on the machine at the threads one cell gets) and
 ``s_per_cell`` (loading the model and data), the dry run also estimates hours; ``step_factor``
 (per optimizer) corrects the methods whose steps cost more or less than their forward passes say
-(measured step time over the forward-count prediction: SparseZO's masks, LeZO's skipped layers).
+(measured step time over the forward-count prediction: SparseZO's masks, LeZO's skipped layers);
+``eval_factor`` is what an evaluated example costs against a training one (evaluation runs batches
+of 32 under no_grad).
 """
 
 from __future__ import annotations
@@ -72,14 +74,15 @@ def _evaluations(c: TrainConfig) -> int:
     return c.steps // c.eval_every + (1 if c.steps % c.eval_every else 0)
 
 
-def cell_cost(cell: Cell, backward_factor: float, step_factor: float = 1.0) -> dict:
+def cell_cost(cell: Cell, backward_factor: float, step_factor: float = 1.0, eval_factor: float = 1.0) -> dict:
     """Forward passes (closure calls) and example-forwards of one cell; a training step's
     example-forwards are scaled by ``step_factor`` (the method's measured step time over what its
-    forward passes predict: the noise passes over the weights, a JVP)."""
+    forward passes predict: the noise passes over the weights, a JVP), an evaluated example's by
+    ``eval_factor``."""
     c = cell.config
     test = split_size(c.task, "test", c.data_dir, c.test_examples)
     if cell.kind not in ("train", "sanity"):
-        return {"forward_passes": 0, "example_forwards": test}
+        return {"forward_passes": 0, "example_forwards": round(test * eval_factor)}
     import json
 
     hp = {"lr": c.lr, "eps": c.eps, "weight_decay": c.weight_decay, **c.optimizer_kwargs}
@@ -88,7 +91,8 @@ def cell_cost(cell: Cell, backward_factor: float, step_factor: float = 1.0) -> d
     factor = 1.0 if is_zeroth_order_name(c.optimizer) else backward_factor
     dev = split_size(c.task, "dev", c.data_dir, c.eval_examples)
     return {"forward_passes": round(calls * c.grad_accum * c.steps),
-            "example_forwards": round(examples * factor * step_factor * c.steps + 2 * test + _evaluations(c) * dev)}
+            "example_forwards": round(examples * factor * step_factor * c.steps
+                                      + (2 * test + _evaluations(c) * dev) * eval_factor)}
 
 
 def study_cost(study: Study, cells: list[Cell]) -> tuple[list[dict], dict]:
@@ -100,7 +104,8 @@ def study_cost(study: Study, cells: list[Cell]) -> tuple[list[dict], dict]:
     seconds_total = 0.0
     for cell in cells:
         factor = float((cost.get("step_factor") or {}).get(cell.config.optimizer, 1.0))
-        row = {"id": cell.id, "kind": cell.kind, **cell_cost(cell, backward, factor), "seconds": None}
+        row = {"id": cell.id, "kind": cell.kind, "seconds": None,
+               **cell_cost(cell, backward, factor, float(cost.get("eval_factor", 1.0)))}
         rate = per_example.get(cell.config.task) if isinstance(per_example, dict) else per_example
         if rate is not None:
             row["seconds"] = row["example_forwards"] * float(rate) + float(cost.get("s_per_cell", 0.0))

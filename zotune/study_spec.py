@@ -27,6 +27,8 @@ the same file and a changed setting makes a new cell instead of reusing a stale 
         mode_overrides: {lora: {grid: {lr: [1e-4]}, opt: {}, config: {}}}
         task_overrides: {copa: {modes: [ft], grid: {lr: [3e-5]}}}   # per task: modes, grid, opt, config
     sanity: {task: sst2, lr: 3e-5, eps: 1e-3, steps: 200}   # textbook MeZO vs zotune MeZO (noise gaussian)
+    keep_weights: false             # optional (default true): delete a finished run's checkpoints and
+                                    # weights (a replayable ZO run's come back with `zotune replay`)
     cost: {s_per_example_forward: {sst2: 0.07}, backward_factor: 3, s_per_cell: 15,
            step_factor: {fzoo: 0.76}}   # optional, for --dry-run's hours (zotune/study_cost.py)
 """
@@ -47,7 +49,7 @@ from zotune.adapters import MODES
 from zotune.config import FIELDS, TrainConfig, from_dict, is_zeroth_order_name, known_optimizers
 
 TOP_KEYS = ("name", "model", "data_dir", "out", "defaults", "tasks", "task_overrides", "seeds", "baselines",
-            "methods", "sanity", "cost")
+            "methods", "sanity", "cost", "keep_weights")
 METHOD_KEYS = ("name", "optimizer", "modes", "grid", "opt", "config", "tasks", "mode_overrides", "task_overrides")
 OVERRIDE_KEYS = ("grid", "opt", "config")
 BASELINES = ("zero-shot", "icl")
@@ -60,7 +62,7 @@ EVAL_FIELDS = ("model", "task", "task_spec", "data_dir", "test_examples", "max_l
 """What a baseline evaluation reads; its cell id depends on these only."""
 CELL_SET = ("model", "task", "optimizer", "mode", "seed", "out", "optimizer_kwargs", "data_dir")
 """Fields the study sets itself: a method's config or grid may not set them."""
-COST_KEYS = ("s_per_example_forward", "backward_factor", "s_per_cell", "step_factor")
+COST_KEYS = ("s_per_example_forward", "backward_factor", "s_per_cell", "step_factor", "eval_factor")
 SANITY_OPTIMIZERS = ("textbook-mezo", "mezo")
 DEFAULT_ICL_SHOTS = 32  # MeZO's ICL baseline
 
@@ -79,6 +81,7 @@ class Cell:
     config: TrainConfig
     grid: dict[str, Any] = field(default_factory=dict)  # this cell's grid point
     id: str = ""
+    keep_weights: bool = True  # False: a finished run's checkpoints and weights are deleted (not in the id)
 
     def __post_init__(self):
         if not self.id:
@@ -86,12 +89,12 @@ class Cell:
 
     def to_dict(self) -> dict:
         return {"id": self.id, "kind": self.kind, "label": self.label, "grid": self.grid,
-                "config": self.config.to_dict()}
+                "config": self.config.to_dict(), "keep_weights": self.keep_weights}
 
     @staticmethod
     def from_dict(d: dict) -> "Cell":
         return Cell(d["kind"], d["label"], from_dict(d["config"], where=f"cell {d['id']}"), d.get("grid") or {},
-                    d["id"])
+                    d["id"], bool(d.get("keep_weights", True)))
 
 
 @dataclass
@@ -124,6 +127,7 @@ class Study:
     methods: list[Method]
     sanity: dict | None
     cost: dict
+    keep_weights: bool = True
     cells: list[Cell] = field(default_factory=list)
 
 
@@ -270,6 +274,12 @@ def _cost(value, tasks: list[str]) -> dict:
     return cost
 
 
+def _keep_weights(value) -> bool:
+    if not isinstance(value, bool):
+        raise StudyError(f"keep_weights must be true or false, got {value!r}")
+    return value
+
+
 def read_study(path: str | Path) -> Study:
     """Parse and check a study file and expand its cells; a StudyError names any problem. Nothing
     is written."""
@@ -306,7 +316,7 @@ def read_study(path: str | Path) -> Study:
     study = Study(str(path), str(top.get("name") or path.stem), top["model"], top.get("data_dir"), top.get("out"),
                   _fields(_mapping(top.get("defaults"), "defaults"), "defaults"), tasks, task_overrides,
                   [int(s) for s in seeds], _baselines(top.get("baselines")), methods, sanity,
-                  _cost(top.get("cost"), tasks))
+                  _cost(top.get("cost"), tasks), _keep_weights(top.get("keep_weights", True)))
     study.cells = expand(study)
     return study
 
@@ -423,4 +433,5 @@ def expand(study: Study) -> list[Cell]:
             raise StudyError(f"cells {seen[c.id].label!r} and {c.label!r} have the same config ({c.id}); remove one "
                              "entry or make their settings differ")
         seen[c.id] = c
+        c.keep_weights = study.keep_weights
     return cells
