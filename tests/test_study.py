@@ -82,7 +82,8 @@ def test_grid_modes_overrides_and_a_changed_setting_make_new_cells(tmp_path):
     ({"methods": [{"name": "X", "optimizer": "mezo", "config": {"optimizer": "sgd"}}]}, "sets optimizer"),
     ({"methods": [{"name": "X", "optimizer": "mezo"}, {"name": "X", "optimizer": "zo-adam"}]}, "used twice"),
     ({"method": []}, "unknown key(s) 'method'"),
-], ids=["optimizer", "task", "mode", "field", "value", "option", "owned field", "twice", "top key"])
+    ({"tasks": ["rte"], "data_dir": "/nonexistent-data"}, "/nonexistent-data/RTE/val.jsonl not found"),
+], ids=["optimizer", "task", "mode", "field", "value", "option", "owned field", "twice", "top key", "data"])
 def test_a_bad_study_is_refused_before_anything_is_written(tmp_path, capsys, change, phrase):
     out = tmp_path / "out"
     assert main([str(_study(tmp_path, **change)), "--out", str(out)]) == 2

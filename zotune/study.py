@@ -27,10 +27,11 @@ from zotune.study_cost import study_cost
 from zotune.study_plots import write_plots
 from zotune.study_report import write_report
 from zotune.study_run import locked, run_cells, threads_per_cell, write_cells
-from zotune.study_spec import Study, StudyError, read_study
+from zotune.study_spec import Study, StudyError, check_data, read_study
 from zotune.study_table import build_table, write_table
 
 STUDY_COPY = "study.yaml"
+COMMAND_FILE = "command.txt"
 
 
 def add_study_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +48,8 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="bench study: list the cells and their estimated "
                                                                "cost; run and write nothing")
     parser.add_argument("--in-process", action="store_true", help="bench study: run the cells one by one in this "
-                                                                  "process (debugging; peak memory is then shared)")
+                                                                  "process, ignoring --jobs (debugging; peak memory "
+                                                                  "is then shared)")
 
 
 def study_out(study: Study, out: str | None) -> Path:
@@ -111,16 +113,22 @@ def run_study_command(args: argparse.Namespace) -> int:
         study = read_study(args.study_file)
         out = study_out(study, args.out)
         _check_out(out)
+        if not args.report_only:
+            check_data(study)
         if args.dry_run:
             return dry_run(study, out, args.jobs)
-        command = f"zotune bench study {args.study_file} --out {out} --jobs {args.jobs}"
+        command = f"zotune bench study {args.study_file} --out {out} --jobs {args.jobs}" + (
+            f" --cell-threads {args.cell_threads}" if args.cell_threads else "") + (
+            " --in-process" if args.in_process else "")
         if args.report_only:
             if not (out / CELLS_DIR).is_dir():
                 raise StudyError(f"{out} holds no study cells yet; run the study first (without --report-only)")
-            return report(study, out, command)
+            ran = out / COMMAND_FILE  # the report names the command that ran the cells
+            return report(study, out, ran.read_text(encoding="utf-8").strip() if ran.is_file() else command)
         out.mkdir(parents=True, exist_ok=True)
         with locked(out / ".study.lock", f"study folder {out}"):
             atomic_write(out / STUDY_COPY, lambda p: shutil.copyfile(args.study_file, p))
+            atomic_write(out / COMMAND_FILE, lambda p: p.write_text(command + "\n", encoding="utf-8"))
             write_cells(out, study.cells)
             code = run_cells(out, study.cells, jobs=args.jobs, in_process=args.in_process, threads=args.cell_threads)
             result = report(study, out, command)

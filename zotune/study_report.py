@@ -38,6 +38,10 @@ def hardware() -> str:
     import torch
 
     cpu = platform.processor() or platform.machine()
+    try:  # Linux names the model; platform gives only the architecture there
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
     parts = [f"{platform.platform()}", f"CPU {cpu}, {os.cpu_count()} cores", f"torch {torch.__version__}"]
     if torch.cuda.is_available():
         parts.append(f"GPU {torch.cuda.get_device_name(0)}")

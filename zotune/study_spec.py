@@ -421,6 +421,24 @@ def baseline_cells(study: Study) -> list[Cell]:
     return cells
 
 
+def check_data(study: Study) -> None:
+    """Every task's data loads (each split a cell reads, once per task and data folder), so a missing
+    or malformed file stops the study before anything runs, not in each of its cells."""
+    from zotune.train import load_task_data
+
+    seen = set()
+    for cell in study.cells:
+        c = cell.config
+        key = (c.task, json.dumps(c.task_spec, sort_keys=True, default=str), c.data_dir)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            load_task_data(c)
+        except (OSError, ValueError) as e:
+            raise StudyError(f"task {c.task}: {e}") from None
+
+
 def expand(study: Study) -> list[Cell]:
     """Every cell of the study: the sanity pair, the baselines, then each method's grid. Two cells
     with the same kind and config would share a folder: refused, naming them."""
