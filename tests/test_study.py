@@ -65,11 +65,14 @@ def test_grid_modes_overrides_and_a_changed_setting_make_new_cells(tmp_path):
     momentum = [c.config.optimizer_kwargs["momentum"] for c in cells if c.label == "SGD-mom"]
     assert momentum == [0.5, 0.5, 0.9, 0.9]
     narrowed = [{**methods[0], "task_overrides": {"sst2": {"modes": ["lora"], "grid": {"lr": [5e-3]}}}}]
-    cells = read_study(_study(tmp_path, "c.yaml", methods=narrowed)).cells
-    assert [(c.config.mode, c.config.lr) for c in cells] == [("lora", 5e-3)]  # the task's settings win
+    narrow = read_study(_study(tmp_path, "c.yaml", methods=narrowed)).cells
+    assert [(c.config.mode, c.config.lr) for c in narrow] == [("lora", 5e-3)]  # the task's settings win
     changed = read_study(_study(tmp_path, "b.yaml", seeds=[0, 1], methods=methods,
                                 defaults={**DEFAULTS, "steps": 5})).cells
     assert not {c.id for c in cells} & {c.id for c in changed}
+    spelled_out = read_study(_study(tmp_path, "d.yaml", seeds=[0, 1], methods=methods,
+                                    defaults={**DEFAULTS, "lora_r": 8, "grad_accum": 1})).cells  # the defaults
+    assert [c.id for c in spelled_out] == [c.id for c in cells]
 
 
 @pytest.mark.parametrize("change, phrase", [

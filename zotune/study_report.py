@@ -121,7 +121,8 @@ def render_report(study: Study, table: dict, command: str, plots: list[Path]) ->
               "- selection: per method, task and mode, the grid point with the best mean final dev metric over "
               "seeds; test is the final weights' test metric (mean, ± its standard deviation over seeds)",
               "- forward passes: training closure calls (a first-order step counts one, plus its backward); "
-              "s/step: median time between logged steps, dev evaluations left out", ""]
+              "s/step: median time between logged steps, dev evaluations left out; peak MB: the cell process's "
+              "peak (max RSS on a CPU, loading the model included; CUDA's max allocated on a GPU)", ""]
     lines += _sanity_section(verdict)
     lines += ["## Results", ""]
     for task in study.tasks:

@@ -105,7 +105,7 @@ class _Signals:
         self.received = signum
         _say(f"{signal.Signals(signum).name}: passing it to {len(self.procs)} running cell(s) (each checkpoints and "
              "stops); finished cells are kept, the rest continue on the next run")
-        for proc in self.procs:
+        for proc in list(self.procs):
             if proc.poll() is None:
                 proc.send_signal(signum)
 

@@ -136,11 +136,16 @@ def _slug(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-").lower()
 
 
+DEFAULT_CONFIG = TrainConfig().to_dict()
+
+
 def cell_id(cell: Cell) -> str:
     """``<task>-<label>-<mode>-<grid point>-s<seed>-<hash>``: readable, and unique to the cell's kind
-    and whole config (the output folder excluded)."""
+    and config. The hash covers the fields that differ from TrainConfig's defaults (the output folder
+    excluded), so a field added to zotune later, at a default that keeps the old behaviour, does not
+    turn every finished cell into a new one."""
     c = cell.config
-    config = {k: v for k, v in c.to_dict().items() if k != "out"}
+    config = {k: v for k, v in c.to_dict().items() if k != "out" and (k not in DEFAULT_CONFIG or v != DEFAULT_CONFIG[k])}
     digest = hashlib.sha256(json.dumps({"kind": cell.kind, "config": config}, sort_keys=True, default=str)
                             .encode()).hexdigest()[:10]
     point = "-".join(f"{k.removeprefix('opt.')}{_slug(v)}" for k, v in cell.grid.items())
