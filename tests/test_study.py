@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from zotune.study import main
-from zotune.study_spec import StudyError, read_study
+from zotune.study_grid import read_study
+from zotune.study_spec import StudyError
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "configs" / "study" / "tiny.yaml"

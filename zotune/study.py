@@ -1,8 +1,8 @@
 """``zotune bench study CONFIG.yaml``: a benchmark study, resumable, in parallel, reported.
 
-Reads the study file (``zotune.study_spec``: the schema), checks every cell before anything runs,
-runs the unfinished cells ``--jobs`` at a time (``zotune.study_run``), then writes into the study
-folder ``results.csv`` / ``results.json`` (``zotune.study_table``), ``plots/*.png``
+Reads the study file (``zotune.study_spec``: the schema; ``zotune.study_grid``: its cells), checks
+every cell and every task's data before anything runs, runs the unfinished cells ``--jobs`` at a time
+(``zotune.study_run``), then writes into the study folder ``results.csv`` / ``results.json`` (``zotune.study_table``), ``plots/*.png``
 (``zotune.study_plots``) and ``report.md`` (``zotune.study_report``). Rerunning the same command
 skips finished cells and continues stopped ones; ``--report-only`` rebuilds the outputs from the
 cells on disk; ``--dry-run`` lists the cells and their cost (``zotune.study_cost``) and writes nothing.
@@ -27,7 +27,8 @@ from zotune.study_cost import study_cost
 from zotune.study_plots import write_plots
 from zotune.study_report import write_report
 from zotune.study_run import locked, run_cells, threads_per_cell, write_cells
-from zotune.study_spec import Study, StudyError, check_data, read_study
+from zotune.study_grid import check_data, read_study
+from zotune.study_spec import Study, StudyError
 from zotune.study_table import build_table, write_table
 
 STUDY_COPY = "study.yaml"

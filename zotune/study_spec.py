@@ -1,5 +1,5 @@
 """The study file of ``zotune bench study``: a grid of (method × task × mode × hyperparameters × seed)
-on one model, read, checked whole and expanded into cells before anything runs.
+on one model: its schema (below), its parsing and checking, and its cells (expanded by ``zotune.study_grid``).
 
 A cell is one training run (or one baseline evaluation) with a fully resolved ``TrainConfig``; its
 id is a readable slug plus a hash of that config, so a finished cell is found again by a rerun of
@@ -36,7 +36,6 @@ the same file and a changed setting makes a new cell instead of reusing a stale 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import re
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ from typing import Any
 import yaml
 
 from zotune.adapters import MODES
-from zotune.config import FIELDS, TrainConfig, from_dict, is_zeroth_order_name, known_optimizers
+from zotune.config import FIELDS, TrainConfig, from_dict, known_optimizers
 
 TOP_KEYS = ("name", "model", "data_dir", "out", "defaults", "tasks", "task_overrides", "seeds", "baselines",
             "methods", "sanity", "cost", "keep_weights")
@@ -54,17 +53,9 @@ METHOD_KEYS = ("name", "optimizer", "modes", "grid", "opt", "config", "tasks", "
 OVERRIDE_KEYS = ("grid", "opt", "config")
 BASELINES = ("zero-shot", "icl")
 BASELINE_KEYS = ("icl_shots", "max_length", "test_examples")
-OPTIONAL_DEFAULTS = ("lr", "eps", "noise", "weight_decay")
-"""Fields of ``defaults`` a cell leaves out when its optimizer does not take them (AdamW no eps or
-noise, AdaNAGED no lr or eps), so one ``defaults`` serves every method; set in a method, they are checked."""
-EVAL_FIELDS = ("model", "task", "task_spec", "data_dir", "test_examples", "max_length", "max_new_tokens", "dtype",
-               "autocast", "device", "icl_shots")
-"""What a baseline evaluation reads; its cell id depends on these only."""
 CELL_SET = ("model", "task", "optimizer", "mode", "seed", "out", "optimizer_kwargs", "data_dir")
 """Fields the study sets itself: a method's config or grid may not set them."""
 COST_KEYS = ("s_per_example_forward", "backward_factor", "s_per_cell", "step_factor", "eval_factor")
-SANITY_OPTIMIZERS = ("textbook-mezo", "mezo")
-DEFAULT_ICL_SHOTS = 32  # MeZO's ICL baseline
 
 
 class StudyError(ValueError):
@@ -285,9 +276,9 @@ def _keep_weights(value) -> bool:
     return value
 
 
-def read_study(path: str | Path) -> Study:
-    """Parse and check a study file and expand its cells; a StudyError names any problem. Nothing
-    is written."""
+def parse_study(path: str | Path) -> Study:
+    """Parse and check a study file (its cells are expanded by ``zotune.study_grid.read_study``); a
+    StudyError names any problem. Nothing is written."""
     path = Path(path)
     if not path.is_file():
         raise StudyError(f"study file not found: {path}")
@@ -322,139 +313,4 @@ def read_study(path: str | Path) -> Study:
                   _fields(_mapping(top.get("defaults"), "defaults"), "defaults"), tasks, task_overrides,
                   [int(s) for s in seeds], _baselines(top.get("baselines")), methods, sanity,
                   _cost(top.get("cost"), tasks), _keep_weights(top.get("keep_weights", True)))
-    study.cells = expand(study)
     return study
-
-
-# --------------------------------------------------------------------------- expanding
-
-def _takes(optimizer: str, key: str) -> bool:
-    """Whether the optimizer takes the config field ``key`` (eps and noise: zeroth-order ones only;
-    AdamW's own ``eps`` is another quantity)."""
-    from zotune.optim import check_args
-
-    if key in ("eps", "noise") and not is_zeroth_order_name(optimizer):
-        return False
-    if key == "noise":
-        return True
-    try:
-        check_args(optimizer, {key: 1e-3})
-        return True
-    except ValueError:
-        return False
-
-
-def _config(study: Study, task: str, values: dict, where: str) -> TrainConfig:
-    """The cell's TrainConfig: the study's defaults (less those its optimizer does not take), the
-    task's overrides, then ``values``; checked."""
-    optimizer = values.get("optimizer", "mezo")
-    shared = {**study.defaults, **study.task_overrides.get(task, {})}
-    shared = {k: v for k, v in shared.items() if k not in OPTIONAL_DEFAULTS or _takes(optimizer, k)}
-    merged = {"model": study.model, "data_dir": study.data_dir, "task": task, **shared, **values}
-    try:
-        return from_dict(merged, where=where)
-    except ValueError as e:
-        raise StudyError(f"{where}: {e}") from None
-
-
-def _check_optimizer(config: TrainConfig, where: str) -> None:
-    """The optimizer takes the cell's options (checked without a model, as ``zotune train`` does)."""
-    from zotune.optim import check_args
-    from zotune.train import optimizer_hparams
-
-    try:
-        check_args(config.optimizer, optimizer_hparams(config))
-    except ValueError as e:
-        raise StudyError(f"{where}: {e}") from None
-
-
-def _points(grid: dict[str, list]) -> list[dict]:
-    keys = list(grid)
-    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
-
-
-def method_cells(study: Study, m: Method) -> list[Cell]:
-    """The method's cells: per task, mode, grid point and seed. Settings apply in the order method,
-    its mode's overrides, its task's overrides (the most specific last)."""
-    cells = []
-    for task in m.tasks or study.tasks:
-        t = m.task_overrides.get(task, {})
-        for mode in t.get("modes", m.modes):
-            o = m.mode_overrides.get(mode, {})
-            grid = {**m.grid, **o.get("grid", {}), **t.get("grid", {})}
-            for point in _points(grid):
-                opt = {**m.opt, **o.get("opt", {}), **t.get("opt", {}),
-                       **{k[4:]: v for k, v in point.items() if k.startswith("opt.")}}
-                for seed in study.seeds:
-                    values = {**m.config, **o.get("config", {}), **t.get("config", {}),
-                              **{k: v for k, v in point.items() if not k.startswith("opt.")},
-                              "optimizer": m.optimizer, "mode": mode, "seed": seed, "optimizer_kwargs": opt}
-                    where = f"method {m.name!r} ({task}, {mode}, {point or 'no grid'}, seed {seed})"
-                    config = _config(study, task, values, where)
-                    _check_optimizer(config, where)
-                    cells.append(Cell("train", m.name, config, point))
-    return cells
-
-
-def sanity_cells(study: Study) -> list[Cell]:
-    """Textbook MeZO and zotune's MeZO at equal settings: both draw Gaussian noise (the published
-    noise is Gaussian), the same batches (same seed) and the same evaluation."""
-    if study.sanity is None:
-        return []
-    values = {k: v for k, v in study.sanity.items() if k != "task"}
-    cells = []
-    for optimizer in SANITY_OPTIMIZERS:
-        where = f"sanity ({optimizer})"
-        config = _config(study, str(study.sanity["task"]), {**values, "optimizer": optimizer, "noise": "gaussian",
-                                                            "mode": "ft"}, where)
-        _check_optimizer(config, where)
-        cells.append(Cell("sanity", optimizer, config))
-    return cells
-
-
-def baseline_cells(study: Study) -> list[Cell]:
-    cells = []
-    for name, options in study.baselines.items():
-        shots = int(options.get("icl_shots", DEFAULT_ICL_SHOTS)) if name == "icl" else 0
-        extra = {k: v for k, v in options.items() if k != "icl_shots"}
-        for task in study.tasks:
-            where = f"baseline {name} ({task})"
-            config = _config(study, task, {**extra, "icl_shots": shots}, where)
-            # the fields an evaluation does not read stay at their defaults, out of the id
-            config = from_dict({k: getattr(config, k) for k in EVAL_FIELDS}, where=where)
-            cells.append(Cell(name, name, config))
-    return cells
-
-
-def check_data(study: Study) -> None:
-    """Every task's data loads (each split a cell reads, once per task and data folder), so a missing
-    or malformed file stops the study before anything runs, not in each of its cells."""
-    from zotune.train import load_task_data
-
-    seen = set()
-    for cell in study.cells:
-        c = cell.config
-        key = (c.task, json.dumps(c.task_spec, sort_keys=True, default=str), c.data_dir)
-        if key in seen:
-            continue
-        seen.add(key)
-        try:
-            load_task_data(c)
-        except (OSError, ValueError) as e:
-            raise StudyError(f"task {c.task}: {e}") from None
-
-
-def expand(study: Study) -> list[Cell]:
-    """Every cell of the study: the sanity pair, the baselines, then each method's grid. Two cells
-    with the same kind and config would share a folder: refused, naming them."""
-    cells = sanity_cells(study) + baseline_cells(study)
-    for m in study.methods:
-        cells += method_cells(study, m)
-    seen: dict[str, Cell] = {}
-    for c in cells:
-        if c.id in seen:
-            raise StudyError(f"cells {seen[c.id].label!r} and {c.label!r} have the same config ({c.id}); remove one "
-                             "entry or make their settings differ")
-        seen[c.id] = c
-        c.keep_weights = study.keep_weights
-    return cells
