@@ -96,9 +96,9 @@ def test_a_bad_study_is_refused_before_anything_is_written(tmp_path, capsys, cha
     assert not out.exists()
 
 
-REQUIRED = {"adamw", "sgd", "mezo", "zo-sgd-sign", "zo-sgd-momentum", "zo-sgd-cons", "zo-adam", "forward-grad", "subzero",
-            "lozo", "lezo", "sparse-zo", "helene", "mezo-gv", "mezo-greedy", "fzoo", "zo-muon", "sparse-mezo",
-            "mezo-svrg", "adanaged"}
+REQUIRED = {"adamw", "sgd", "mezo", "zo-sgd-sign", "zo-sgd-momentum", "zo-sgd-cons", "zo-adam", "forward-grad",
+            "subzero", "lozo", "lezo", "sparse-zo", "helene", "mezo-gv", "mezo-greedy", "fzoo", "zo-muon",
+            "sparse-mezo", "mezo-svrg", "adanaged"}
 
 
 @pytest.mark.parametrize("name", ["smollm2-cpu", "smollm2-gpu"])
@@ -158,7 +158,8 @@ def test_study_runs_records_a_failure_reports_and_never_reruns_a_finished_cell(t
     out = tmp_path / "out"
     assert main([str(study), "--out", str(out), "--in-process"]) == 1  # one cell failed
     rows = _rows(out)
-    assert rows["Broken:train"]["status"] == "failed" and "matches no trainable parameter" in rows["Broken:train"]["error"]
+    broken = rows["Broken:train"]
+    assert broken["status"] == "failed" and "matches no trainable parameter" in broken["error"]
     finished = [r for r in rows.values() if r["status"] == "done"]
     assert len(finished) == 4
     mezo = rows["MeZO:train"]
@@ -176,7 +177,7 @@ def test_study_runs_records_a_failure_reports_and_never_reruns_a_finished_cell(t
     verdict = json.loads((out / "results.json").read_text())["sanity"]
     assert verdict["n"] == 8 and verdict["agree"] == (verdict["difference"] <= verdict["tolerance"])
     assert ("agree within noise" if verdict["agree"] else "SANITY FAILED") in report
-    assert rows["Broken:train"]["id"] in report and "## Reading" in report and "Not generated" in report
+    assert broken["id"] in report and "## Reading" in report and "Not generated" in report
     assert "| MeZO | ft | lr=0.001" in report
 
     stamps = {r["id"]: (out / "cells" / r["id"] / "results.json").stat().st_mtime_ns for r in finished}
@@ -203,7 +204,8 @@ def test_sanity_verdict_uses_the_standard_error_of_the_difference_and_a_failure_
                 for c, p in ((book, p_book), (ours, p_ours))]
 
     close = sanity_verdict(study, rows(0.52, 0.50))
-    assert close["n"] == 100 and close["agree"] and abs(close["tolerance"] - 2 * (0.2496 / 100 + 0.25 / 100) ** 0.5) < 1e-9
+    assert close["n"] == 100 and close["agree"]
+    assert abs(close["tolerance"] - 2 * (0.2496 / 100 + 0.25 / 100) ** 0.5) < 1e-9
     far = sanity_verdict(study, rows(0.90, 0.50))
     assert far["agree"] is False
     table = {"rows": rows(0.90, 0.50), "best": [], "sanity": far}
@@ -216,7 +218,8 @@ def test_a_study_stopped_by_sigterm_keeps_finished_cells_and_continues_the_rest(
     """Two cells at a time in their own processes; SIGTERM to the study stops both after a step
     with a checkpoint; the rerun continues each from its own trajectory (the same file, appended)."""
     long = {**DEFAULTS, "steps": 40, "save_every": 10}
-    study = _study(tmp_path, defaults=long, methods=[{"name": "MeZO", "optimizer": "mezo", "grid": {"lr": [1e-3, 1e-4]}}])
+    study = _study(tmp_path, defaults=long,
+                   methods=[{"name": "MeZO", "optimizer": "mezo", "grid": {"lr": [1e-3, 1e-4]}}])
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "zotune.study", str(study), "--out", str(out), "--jobs", "2"],

@@ -2,8 +2,9 @@
 
 Reads the study file (``zotune.study_spec``: the schema; ``zotune.study_grid``: its cells), checks
 every cell and every task's data before anything runs, runs the unfinished cells ``--jobs`` at a time
-(``zotune.study_run``), then writes into the study folder ``results.csv`` / ``results.json`` (``zotune.study_table``), ``plots/*.png``
-(``zotune.study_plots``) and ``report.md`` (``zotune.study_report``). Rerunning the same command
+(``zotune.study_run``), then writes into the study folder ``results.csv`` / ``results.json``
+(``zotune.study_table``), ``plots/*.png`` (``zotune.study_plots``) and ``report.md``
+(``zotune.study_report``). Rerunning the same command
 skips finished cells and continues stopped ones; ``--report-only`` rebuilds the outputs from the
 cells on disk; ``--dry-run`` lists the cells and their cost (``zotune.study_cost``) and writes nothing.
 

@@ -86,8 +86,8 @@ def _task_section(task: str, table: dict, study: Study) -> list[str]:
     for r in rows:
         if r["kind"] in ("zero-shot", "icl") and r["status"] == "done":
             name = "zero-shot" if r["kind"] == "zero-shot" else f"ICL ({r['icl_shots']} shots)"
-            lines.append(f"| {name} | - | - | - | {_pct(r['test'])} | - | - | 0 | - | {_num(r['peak_memory_mb'], '{:.0f}')} "
-                         "| - | - |")
+            peak = _num(r["peak_memory_mb"], "{:.0f}")
+            lines.append(f"| {name} | - | - | - | {_pct(r['test'])} | - | - | 0 | - | {peak} | - | - |")
     for b in best:
         grid = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                          for k, v in json.loads(b["grid"]).items()) or "defaults"
@@ -127,10 +127,11 @@ def render_report(study: Study, table: dict, command: str, plots: list[Path]) ->
     lines += ["## Results", ""]
     for task in study.tasks:
         lines += _task_section(task, table, study)
-    lines += ["## Grids searched", "", "| method | optimizer | modes | grid | options | tasks |", "|---|---|---|---|---|---|"]
+    lines += ["## Grids searched", "", "| method | optimizer | modes | grid | options | tasks |",
+              "|---|---|---|---|---|---|"]
     for m in study.methods:
-        modes = ", ".join(m.modes) + "".join(f"; {mode}: {_grid_text(o['grid'])}" for mode, o in m.mode_overrides.items()
-                                             if o.get("grid"))
+        modes = ", ".join(m.modes) + "".join(f"; {mode}: {_grid_text(o['grid'])}"
+                                             for mode, o in m.mode_overrides.items() if o.get("grid"))
         modes += "".join(f"; {task}: {', '.join(o['modes'])}" + (f", {_grid_text(o['grid'])}" if o["grid"] else "")
                          for task, o in m.task_overrides.items())
         lines.append(f"| {m.name} | `{m.optimizer}` | {modes} | {_grid_text(m.grid)} | "

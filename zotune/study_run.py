@@ -187,5 +187,6 @@ def _run_processes(out: Path, pending: list[Cell], jobs: int, threads: int) -> i
                 if proc.returncode not in (0, BUSY) and signals.received is None:
                     _record_crash(folder, proc.returncode)
                 done += 1
-                _say(f"[{done}/{len(pending)}] {cell.id}: {_outcome(folder, proc.returncode, time.perf_counter() - t0)}")
+                outcome = _outcome(folder, proc.returncode, time.perf_counter() - t0)
+                _say(f"[{done}/{len(pending)}] {cell.id}: {outcome}")
     return 128 + signals.received if signals.received is not None else 0

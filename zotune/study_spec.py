@@ -136,13 +136,15 @@ def cell_id(cell: Cell) -> str:
     excluded), so a field added to zotune later, at a default that keeps the old behaviour, does not
     turn every finished cell into a new one."""
     c = cell.config
-    config = {k: v for k, v in c.to_dict().items() if k != "out" and (k not in DEFAULT_CONFIG or v != DEFAULT_CONFIG[k])}
+    config = {k: v for k, v in c.to_dict().items()
+              if k != "out" and (k not in DEFAULT_CONFIG or v != DEFAULT_CONFIG[k])}
     digest = hashlib.sha256(json.dumps({"kind": cell.kind, "config": config}, sort_keys=True, default=str)
                             .encode()).hexdigest()[:10]
     point = "-".join(f"{k.removeprefix('opt.')}{_slug(v)}" for k, v in cell.grid.items())
-    parts = (["sanity"] if cell.kind == "sanity" else []) + [c.task, _slug(cell.label)] + ([c.mode] if cell.kind in ("train", "sanity") else [])
+    training = cell.kind in ("train", "sanity")
+    parts = (["sanity"] if cell.kind == "sanity" else []) + [c.task, _slug(cell.label)] + ([c.mode] if training else [])
     parts += [point] if point else []
-    parts += [f"s{c.seed}"] if cell.kind in ("train", "sanity") else []
+    parts += [f"s{c.seed}"] if training else []
     return "-".join(p for p in parts if p)[:90] + "-" + digest
 
 
@@ -156,7 +158,8 @@ def _mapping(value, where: str, keys: tuple[str, ...] | None = None) -> dict:
     if keys is not None:
         unknown = sorted(set(value) - set(keys))
         if unknown:
-            raise StudyError(f"unknown key(s) {', '.join(map(repr, unknown))} in {where}; valid keys: {', '.join(keys)}")
+            raise StudyError(f"unknown key(s) {', '.join(map(repr, unknown))} in {where}; "
+                             f"valid keys: {', '.join(keys)}")
     return dict(value)
 
 
@@ -205,7 +208,8 @@ def _method(raw, i: int, tasks: list[str]) -> Method:
             raise StudyError(f"{where} needs `{key}:` (a label and a registered optimizer name)")
     where = f"method {m['name']!r}"
     if m["optimizer"] not in known_optimizers():
-        raise StudyError(f"{where}: unknown optimizer {m['optimizer']!r}; choose one of {', '.join(known_optimizers())}")
+        raise StudyError(f"{where}: unknown optimizer {m['optimizer']!r}; "
+                         f"choose one of {', '.join(known_optimizers())}")
     modes = [str(x) for x in _list(m.get("modes"), f"{where}.modes", default=["ft"])]
     bad = [x for x in modes if x not in MODES]
     if bad:
@@ -224,7 +228,8 @@ def _method(raw, i: int, tasks: list[str]) -> Method:
     task_overrides = {}
     for task, o in _mapping(m.get("task_overrides"), f"{where}.task_overrides").items():
         if task not in (own_tasks or tasks):
-            raise StudyError(f"{where}.task_overrides names task {task!r}, which it does not run ({own_tasks or tasks})")
+            raise StudyError(f"{where}.task_overrides names task {task!r}, which it does not run "
+                             f"({own_tasks or tasks})")
         o = dict(_mapping(o, f"{where}.task_overrides.{task}", OVERRIDE_KEYS + ("modes",)))
         task_modes = [str(x) for x in _list(o.pop("modes", None), f"{where}.task_overrides.{task}.modes", modes)]
         if set(task_modes) - set(modes):

@@ -6,8 +6,9 @@ RNG reseeded per pass, one ``torch.normal`` per tensor). ``zotune bench step`` t
 ``tests/test_bench_textbook_twin.py`` runs it with the engine's noise beside ``zotune.optim.MeZO``.
 
 ``TextbookMeZO`` (``--optimizer textbook-mezo``) runs that step, with the published noise under
-``noise: gaussian``, inside zotune's training loop, so a study trains the reference at exactly MeZO's settings (same batches,
-same evaluation) and compares the accuracies reached (the sanity row of ``zotune bench study``).
+``noise: gaussian``, inside zotune's training loop, so a study trains the reference at exactly
+MeZO's settings (same batches, same evaluation) and compares the accuracies reached (the sanity
+row of ``zotune bench study``).
 It is a reference, not a zotune method, and keeps the published step's weaknesses on purpose: it
 writes the weights before the step's losses are known (a raising or non-finite closure leaves them
 perturbed), and its steps cannot be replayed from the losses (its noise is not the engine's), so a
