@@ -79,9 +79,14 @@ def dry_run(study: Study, out: Path, jobs: int) -> int:
     print(f"\n{totals['cells']} cells ({done} already finished in {out}); {totals['forward_passes']:,} training "
           f"forward passes; {totals['example_forwards']:,} example-forwards (training and evaluation)")
     if totals["seconds"] is not None:
-        hours = totals["seconds"] / 3600
-        print(f"estimated compute: {hours:.2f} cell-hours; with --jobs {jobs} ({threads_per_cell(jobs)} thread(s) "
-              f"per cell, the rates of the file's `cost:`): about {hours / jobs:.2f} hours")
+        hours, threads = totals["seconds"] / 3600, threads_per_cell(jobs)
+        measured = study.cost.get("threads")
+        print(f"estimated compute: {hours:.2f} cell-hours at the rates of the file's `cost:`"
+              + (f" (measured with {measured:g} thread(s) per cell)" if measured else "")
+              + f"; with --jobs {jobs} ({threads} thread(s) per cell): about {hours / jobs:.2f} hours")
+        if measured and measured != threads:
+            print(f"note: --jobs {jobs} gives each cell {threads} thread(s), not the {measured:g} the rates were "
+                  "measured with; the estimate is off by that difference")
     else:
         print("no time estimate: give `cost: {s_per_example_forward: {TASK: seconds}}` in the study file")
     return 0

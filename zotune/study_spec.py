@@ -30,7 +30,7 @@ the same file and a changed setting makes a new cell instead of reusing a stale 
     keep_weights: false             # optional (default true): delete a finished run's checkpoints and
                                     # weights (a replayable ZO run's come back with `zotune replay`)
     cost: {s_per_example_forward: {sst2: 0.07}, backward_factor: 3, s_per_cell: 15,
-           step_factor: {fzoo: 0.76}}   # optional, for --dry-run's hours (zotune/study_cost.py)
+           step_factor: {fzoo: 0.76}, eval_factor: 0.5, threads: 1}   # optional: --dry-run hours (study_cost)
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ BASELINES = ("zero-shot", "icl")
 BASELINE_KEYS = ("icl_shots", "max_length", "test_examples")
 CELL_SET = ("model", "task", "optimizer", "mode", "seed", "out", "optimizer_kwargs", "data_dir")
 """Fields the study sets itself: a method's config or grid may not set them."""
-COST_KEYS = ("s_per_example_forward", "backward_factor", "s_per_cell", "step_factor", "eval_factor")
+COST_KEYS = ("s_per_example_forward", "backward_factor", "s_per_cell", "step_factor", "eval_factor", "threads")
 
 
 class StudyError(ValueError):
