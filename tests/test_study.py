@@ -146,6 +146,10 @@ def test_dry_run_lists_cells_and_cost_and_writes_nothing(tmp_path, capsys):
     assert (mezo[2], fzoo[2]) == ("6", "27")
     assert (mezo[3], fzoo[3]) == (str(6 * 4 + 16 + 8), str(27 * 4 + 16 + 8))
     assert "cell-hours" in text and "--jobs 2" in text
+    from zotune.cli import main as zotune_main  # the same through `zotune bench study`
+
+    assert zotune_main(["bench", "study", str(study), "--out", str(out), "--dry-run", "--jobs", "2"]) == 0
+    assert capsys.readouterr().out == text and not out.exists()
 
 
 # --------------------------------------------------------------------------- running

@@ -135,9 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="time a step (or a noise pass) against a forward, textbook MeZO and AdamW",
                        description="`zotune bench step`: one step of each phase on one model and batch, in one run, "
                                    "as JSON lines (--table for a table) with the ratios; `zotune bench noise`: one "
-                                   "pass of each noise source against the copy floor. See zotune/bench.py.")
-    p.add_argument("what", nargs="?", choices=("step", "noise", "scale"), default="step",
-                   help="what to time (default: step); scale: throughput at 1 and --processes processes")
+                                   "pass of each noise source against the copy floor. See zotune/bench.py. "
+                                   "`zotune bench study CONFIG.yaml`: a benchmark study (configs/study/).")
+    p.add_argument("what", nargs="?", choices=("step", "noise", "scale", "study"), default="step",
+                   help="what to time (default: step); scale: throughput at 1 and --processes processes; study: "
+                        "a grid of methods x tasks x modes x hyperparameters x seeds, reported (zotune/study.py)")
     p.add_argument("--model", default="smollm2", help="model spec, or a random architecture: opt-125m, opt-1.3b, "
                                                       "opt-6.7b, opt-13b, llama-1b (default: smollm2)")
     p.add_argument("--task", help="time a real training batch of this task (default: random tokens)")
@@ -162,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--directions", type=int, help="bench scale: directions per step (default: 1 for data, "
                                                   "--processes for evaluation)")
     p.add_argument("--threads", type=int, default=1, help="bench scale: CPU threads per process (default 1)")
+    from zotune.study import add_study_arguments
+
+    add_study_arguments(p)
 
     p = sub.add_parser("plot", help="loss and dev-accuracy curves of runs",
                        description="Plot smoothed training loss and dev accuracy of one or more runs.")
@@ -349,6 +354,10 @@ def _cmd_plot(args) -> int:
 def _cmd_bench(args) -> int:
     from zotune.bench import bench_noise, bench_step, format_noise, format_table, split_methods
 
+    if args.what == "study":
+        from zotune.study import run_study_command
+
+        return run_study_command(args)
     if args.what == "scale":
         from zotune.bench_scale import bench_scale
 

@@ -12,7 +12,7 @@ Exit codes: 0 all cells finished and the sanity pair agrees; 1 a cell failed or 
 failed (the report says which); 2 a bad study file or option (nothing written); 128 + N stopped by
 signal N (finished cells kept; rerun to continue).
 
-Until ``zotune bench study`` is wired into the CLI: ``python -m zotune.study CONFIG.yaml [...]``.
+Also runnable as ``python -m zotune.study CONFIG.yaml [...]``.
 """
 
 from __future__ import annotations
