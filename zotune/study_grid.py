@@ -150,11 +150,13 @@ def check_data(study: Study) -> None:
 
 
 def expand(study: Study) -> list[Cell]:
-    """Every cell of the study: the sanity pair, the baselines, then each method's grid. Two cells
-    with the same kind and config would share a folder: refused, naming them."""
+    """Every cell of the study: the sanity pair, the baselines, then each method's grid, task by task
+    in the file's order of ``tasks`` (a study cut short has every method on its first tasks). Two
+    cells with the same kind and config would share a folder: refused, naming them."""
     cells = sanity_cells(study) + baseline_cells(study)
-    for m in study.methods:
-        cells += method_cells(study, m)
+    trained = [c for m in study.methods for c in method_cells(study, m)]
+    order = {task: i for i, task in enumerate(study.tasks)}
+    cells += sorted(trained, key=lambda c: order.get(c.config.task, len(order)))  # stable: methods keep their order
     seen: dict[str, Cell] = {}
     for c in cells:
         if c.id in seen:
