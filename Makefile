@@ -18,7 +18,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/zotune demo
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest -q -m slow

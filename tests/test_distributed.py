@@ -170,15 +170,16 @@ def test_bench_scale_reports_throughput_bytes_and_efficiency(capsys):
 
 
 def test_the_torchrun_example_runs_on_two_cpu_processes(tmp_path):
-    """README's command line: ``torchrun --nproc-per-node 2 examples/torchrun_mezo.py`` (data- and
-    evaluation-parallel) trains and reports the bytes rank 0 sent per step."""
+    """``torchrun --nproc-per-node 2 examples/torchrun_mezo.py`` (the loop a user writes; evaluation-
+    parallel here, data-parallel is what ``zotune train`` under torchrun is tested with below) trains
+    and reports the bytes rank 0 sent per step."""
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    for extra, sent in (([], 16), (["--parallel", "evaluation", "--directions", "2"], 32)):
+    for extra, sent in ((["--parallel", "evaluation", "--directions", "2"], 32),):
         run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                               "--standalone", str(root / "examples" / "torchrun_mezo.py"), "--model",
                               "tiny-llama", "--steps", "2", "--lr", "1e-3", *extra],
@@ -255,12 +256,13 @@ def test_zotune_train_under_torchrun_equals_one_process(tmp_path, ranks, split, 
 
 def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
     """SIGTERM to rank 1 alone: the ranks agree on it at the next step, rank 0 checkpoints, and a
-    torchrun resume ends bit-identical to an uninterrupted run."""
+    torchrun resume ends bit-identical to an uninterrupted run (one process with the same
+    micro-batches, which the test above shows equal to 2 ranks)."""
     import signal
     import subprocess
     import sys
 
-    args = [*TRAIN, "--steps", "40", "--eval-every", "20", "--save-every", "10"]
+    args = [*TRAIN, "--steps", "24", "--eval-every", "12", "--save-every", "8"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone", "-m", "zotune",
            "train", *args, "--out", "cut"]
     run = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ, **QUIET_THREADS}, stdout=subprocess.PIPE,
@@ -279,10 +281,10 @@ def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
     from zotune.trajectory import read_trajectory
 
     stopped_at = read_trajectory(tmp_path / "cut").last_step
-    assert 0 < stopped_at < 40 and (tmp_path / "cut" / f"checkpoint-{stopped_at:08d}").is_dir()
+    assert 0 < stopped_at < 24 and (tmp_path / "cut" / f"checkpoint-{stopped_at:08d}").is_dir()
     resumed = _zotune(tmp_path, "--resume", "cut", "--no-progress", ranks=2)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    whole = _zotune(tmp_path, *args, "--out", "whole", ranks=2)
+    whole = _zotune(tmp_path, *args, "--out", "whole", "--grad-accum", "2")
     assert whole.returncode == 0, whole.stderr[-3000:]
     a, b = _weights(tmp_path / "cut"), _weights(tmp_path / "whole")
     assert all(torch.equal(a[k], b[k]) for k in b)

@@ -159,7 +159,7 @@ def test_resume_with_another_config_is_refused(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", "--resume", str(run), "--lr", "1e-2"]) == 2
     err = capsys.readouterr().err
-    assert "lr=0.001" in err and "only steps, save_every, max_skips may change" in err
+    assert "lr=0.001" in err and "only steps, save_every, max_skips, evaluation_ranks, rank_timeout_s may change" in err
     text = (run / "config.yaml").read_text()
     (run / "config.yaml").write_text(text.replace("seed: 0", "seed: 1"))
     assert main(["train", "--resume", str(run)]) == 2

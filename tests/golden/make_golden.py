@@ -155,7 +155,10 @@ def fingerprint(t: torch.Tensor) -> str:
 
 
 def zo_methods() -> list[str]:
-    return sorted(n for n, (_, _, zo) in OPTIMIZERS.items() if zo)
+    """zotune's zeroth-order methods: not the textbook reference they are checked against."""
+    from zotune.optim import optimizer_class
+
+    return sorted(n for n, (_, _, zo) in OPTIMIZERS.items() if zo and not getattr(optimizer_class(n), "reference", False))
 
 
 def main() -> None:
