@@ -163,7 +163,10 @@ def _run_here(out: Path, pending: list[Cell]) -> int:
 
 
 def _run_processes(out: Path, pending: list[Cell], jobs: int, threads: int) -> int:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    # every thread pool sized to the cell's share, waiting passively: numba's (the noise kernels) and
+    # spinning OpenMP pools left at their defaults made two cells run several times slower than one
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "NUMBA_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
     procs: dict[subprocess.Popen, tuple[Cell, float]] = {}
     queue, done = list(pending), 0
     with _Signals(procs) as signals:
