@@ -52,6 +52,7 @@ CASES.update({
     "block-zo-cyclic-wd": ("block-zo", dict(lr=1e-2, blocks_per_step=3, weight_decay=0.5)),
     "hybrid-zo-fo-lr-wd": ("hybrid-zo", dict(lr=1e-2, fo_lr=1e-1, weight_decay=0.5, fo_params=r"^layers\.1\.")),
     "helene-interval-wd": ("helene", dict(lr=1e-3, hessian_interval=3, anneal_steps=5, gamma=2.0, weight_decay=0.5)),
+    "helene-unclipped": ("helene", dict(lr=1e-3, clip=None, gamma=2.0)),
     "mezo-gv-pool4-n2": ("mezo-gv", dict(lr=1e-2, pool_size=4, split_ratio=0.25, num_directions=2, weight_decay=0.5)),
     "mezo-greedy-n2": ("mezo-greedy", dict(lr=1e-2, pool_size=3, num_directions=2, weight_decay=0.5)),
     "adanaged-plain-momentum": ("adanaged", dict(nesterov=False, r_eps=1e-2)),

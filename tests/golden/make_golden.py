@@ -11,7 +11,8 @@ Regenerate only on purpose, from the code whose behaviour the file should pin, a
 commit. History: first recorded from the pre-refactor engine at 0cf51b7 (issue 7: the restructuring
 kept every method's weights bit for bit); re-recorded when issue 9 replaced the segmented
 Mersenne-Twister noise by Philox4x32-10 (a deliberate change of every draw; the update rules are
-unchanged, which tests/test_reference_twins.py shows step by step):
+unchanged, which tests/test_reference_twins.py shows step by step); re-recorded when issue 14 gave
+HELENE Sophia's per-coordinate clip (only the ``helene`` case changed; every other case bit-identical):
 
     OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python tests/golden/make_golden.py --expect-root .
 """

@@ -4,7 +4,7 @@ algorithm box was not available): annealed momentum over a clipped diagonal curv
 Per step t (0-based) and parameter tensor l:
     α_t = β₁ + (1 − β₁)·exp(−t/T);      m ← β₁·m + α_t·ĝ
     h ← β₂·h + (1 − β₂)·ĝ²   when t ≡ 0 (mod k);   H = γ·h / (1 − β₂^r),  r = refreshes so far
-    c_l = max(λ_floor, mean(H_l));       θ_l ← θ_l − lr·(m_l / max(H_l, c_l) + wd·θ_l)
+    c_l = max(λ_floor, mean(H_l));       θ_l ← θ_l − lr·(clip(m_l / max(H_l, c_l), ±ρ) + wd·θ_l)
 
 Tolerance rtol=1e-4, atol=1e-6: losses and g are bit-identical; the division by the curvature
 amplifies one-ulp differences in m and h as Adam's does. State compared: ``m``, ``h``.
@@ -25,10 +25,10 @@ TOLERANCE = dict(rtol=1e-4, atol=3e-7)
 class Reference(MeZOReference):
     def __init__(self, named_params, lr: float = 1e-6, eps: float = 1e-3, betas=(0.9, 0.99),
                  anneal_steps: float = 1000.0, hessian_interval: int = 1, gamma: float = 1.0,
-                 floor: float = 1e-8, weight_decay: float = 0.0, **common):
+                 floor: float = 1e-8, clip: float | None = 1.0, weight_decay: float = 0.0, **common):
         super().__init__(named_params, lr=lr, eps=eps, weight_decay=weight_decay, **common)
         self.betas, self.anneal_steps, self.k = betas, anneal_steps, hessian_interval
-        self.gamma, self.floor = gamma, floor
+        self.gamma, self.floor, self.clip = gamma, floor, clip
         self.refreshes = 0
 
     @torch.no_grad()
@@ -47,7 +47,10 @@ class Reference(MeZOReference):
             if refresh:
                 h.copy_(b2 * h + (1 - b2) * g * g)
             curv = self.gamma * h / (1 - b2 ** self.refreshes)
-            clip = max(self.floor, float(curv.mean()))
-            p.sub_(self.lr * (m / curv.clamp(min=clip) + self.weight_decay * p))
+            lowest = max(self.floor, float(curv.mean()))
+            step = m / curv.clamp(min=lowest)
+            if self.clip is not None:
+                step = step.clamp(-self.clip, self.clip)
+            p.sub_(self.lr * (step + self.weight_decay * p))
         self.finish(sum(gs) / len(gs))
         return loss
