@@ -22,12 +22,12 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from zotune.run_folder import write_json
+from zotune.signals import install as install_signals
 from zotune.study_cell import CELL_FILE, ERROR_FILE, LOG_FILE, cell_folder, is_done, run_cell
 from zotune.study_spec import Cell
 
@@ -99,7 +99,7 @@ class _Signals:
     """SIGINT/SIGTERM noted and passed to the running cells (each signal once to each cell)."""
 
     def __init__(self, procs: dict):
-        self.procs, self.received, self.previous = procs, None, {}
+        self.procs, self.received = procs, None
 
     def _note(self, signum, frame) -> None:
         self.received = signum
@@ -110,14 +110,11 @@ class _Signals:
                 proc.send_signal(signum)
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self._note)
+        self.restore = install_signals(self._note)
         return self
 
     def __exit__(self, *exc) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+        self.restore()
 
 
 def run_cells(out: Path, cells: list[Cell], jobs: int = 1, in_process: bool = False, threads: int | None = None) -> int:

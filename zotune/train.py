@@ -23,7 +23,6 @@ import resource
 import shutil
 import signal
 import sys
-import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -35,6 +34,7 @@ from zotune.adapters import apply_adapter, load_adapter, save_adapter
 from zotune.config import DEFAULT_NOISE, TrainConfig, load_config, merge, save_config, validate
 from zotune.distributed import Layout, is_writer, join, mean_of
 from zotune.errors import TrainingFailure
+from zotune.signals import install as install_signals
 from zotune.optim import (OPTIMIZERS, NonFiniteLossError, NonFiniteUpdateError, build_optimizer, check_args,
                            is_zeroth_order)
 from zotune.tasks import Task, encode, evaluate, get_task, loss_fn, looks_like_data
@@ -266,7 +266,6 @@ class StopSignals:
 
     def __init__(self):
         self.received: int | None = None
-        self.previous: dict = {}
 
     def _note(self, signum, frame) -> None:
         if self.received is not None:
@@ -276,14 +275,11 @@ class StopSignals:
              "(send it again to stop at once)")
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self._note)
+        self.restore = install_signals(self._note)
         return self
 
     def __exit__(self, *exc) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+        self.restore()
 
 
 @dataclasses.dataclass
