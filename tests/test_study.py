@@ -175,7 +175,8 @@ def test_study_runs_records_a_failure_reports_and_never_reruns_a_finished_cell(t
     assert not list(run.glob("checkpoint-*"))
     csv_lines = (out / "results.csv").read_text().splitlines()
     assert csv_lines[0].startswith("id,kind,label") and len(csv_lines) == 1 + len(rows)
-    for name in ("dev_vs_forward_passes.png", "test_vs_peak_memory.png", "step_time.png"):
+    for name in ("dev_vs_forward_passes.png", "loss_vs_forward_passes.png", "test_vs_peak_memory.png",
+                 "step_time.png"):
         assert (out / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "report.md").read_text()
     verdict = json.loads((out / "results.json").read_text())["sanity"]
@@ -191,6 +192,28 @@ def test_study_runs_records_a_failure_reports_and_never_reruns_a_finished_cell(t
     assert stamps == {i: (out / "cells" / i / "results.json").stat().st_mtime_ns for i in stamps}
     assert main([str(study), "--out", str(out), "--report-only"]) == 1
     assert stamps == {i: (out / "cells" / i / "results.json").stat().st_mtime_ns for i in stamps}
+
+
+def test_curves_read_the_metrics_the_run_logged_and_the_loss_is_smoothed_over_trailing_steps(tmp_path):
+    from zotune.study_plots import _trailing_mean
+    from zotune.study_table import curve
+
+    records = [{"step": 1, "loss": 1.0, "forward_passes": 2}, {"step": 2, "loss": 3.0, "forward_passes": 4},
+               {"step": 3, "loss": 2.0, "forward_passes": 6, "dev_accuracy": 0.5}, {"step": 4, "skipped": True}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    assert curve(tmp_path, "loss") == [(2, 1.0), (4, 3.0), (6, 2.0)]
+    assert curve(tmp_path, "dev_accuracy") == [(6, 0.5)]
+    assert _trailing_mean(curve(tmp_path, "loss"), 2) == [(2, 1.0), (4, 2.0), (6, 2.5)]
+    assert curve(tmp_path / "missing", "loss") == []
+
+
+@pytest.mark.parametrize("code", [143, 130, -15, -2])
+def test_a_cell_stopped_by_the_study_signal_is_reported_stopped_not_failed(tmp_path, code):
+    """-15: SIGTERM reached the cell while it loaded, before its handler was installed."""
+    from zotune.study_run import _outcome
+
+    assert _outcome(tmp_path, code, 1.0).startswith("stopped by a signal")
+    assert _outcome(tmp_path, 1, 1.0).startswith("FAILED")
 
 
 def test_sanity_verdict_uses_the_standard_error_of_the_difference_and_a_failure_tops_the_report(tmp_path):

@@ -2,8 +2,13 @@
 
 - ``dev_vs_forward_passes.png``: per task, the dev metric against training forward passes of each
   method at its best grid point (mean over seeds), the zero-shot score dashed;
+- ``loss_vs_forward_passes.png``: per task, the training loss each method logs (a trailing mean over
+  ``LOSS_WINDOW`` steps, mean over seeds) against forward passes: finer-grained than the dev points,
+  it shows how many forward passes a method needs to reach another's loss;
 - ``test_vs_peak_memory.png``: per task, each method's final test metric against its peak memory;
 - ``step_time.png``: seconds per optimizer step of each method (median over its finished cells).
+
+Each method keeps one colour and marker in every panel and plot, named once in a shared legend.
 """
 
 from __future__ import annotations
@@ -14,10 +19,12 @@ from pathlib import Path
 
 from zotune.run_folder import atomic_write
 from zotune.study_cell import cell_folder
-from zotune.study_table import dev_curve
+from zotune.study_table import curve
 
 PLOTS_DIR = "plots"
-FILES = ("dev_vs_forward_passes.png", "test_vs_peak_memory.png", "step_time.png")
+FILES = ("dev_vs_forward_passes.png", "loss_vs_forward_passes.png", "test_vs_peak_memory.png", "step_time.png")
+LOSS_WINDOW = 16
+MARKERS = "os^vD<>ph*"
 
 
 def _name(b: dict) -> str:
@@ -35,9 +42,14 @@ def _grid(n: int):
     return fig, list(axes.flat)
 
 
-def _mean_curve(out: Path, ids: list[str]) -> list[tuple[float, float]]:
-    """The seeds' dev curves averaged at the evaluations they share (same steps, same count)."""
-    curves = [dev_curve(cell_folder(out, i)) for i in ids]
+def _trailing_mean(points: list[tuple[int, float]], window: int) -> list[tuple[int, float]]:
+    ys = [y for _, y in points]
+    return [(x, statistics.fmean(ys[max(0, k - window + 1):k + 1])) for k, (x, _) in enumerate(points)]
+
+
+def _mean_curve(out: Path, ids: list[str], key: str, window: int = 1) -> list[tuple[float, float]]:
+    """The seeds' curves of ``key`` averaged at the records they share (same steps, same count)."""
+    curves = [_trailing_mean(curve(cell_folder(out, i), key), window) for i in ids]
     curves = [c for c in curves if c]
     if not curves:
         return []
@@ -45,11 +57,49 @@ def _mean_curve(out: Path, ids: list[str]) -> list[tuple[float, float]]:
     return [(statistics.fmean(c[k][0] for c in curves), statistics.fmean(c[k][1] for c in curves)) for k in range(n)]
 
 
-def _save(fig, path: Path) -> None:
+def _styles(names: list[str]) -> dict[str, dict]:
+    """One colour (tab20) and marker per method, the same in every panel."""
+    import matplotlib
+
+    colors = matplotlib.colormaps["tab20"].colors
+    return {n: {"color": colors[k % len(colors)], "marker": MARKERS[k % len(MARKERS)]} for k, n in enumerate(names)}
+
+
+def _legend(fig, axes) -> None:
+    """One legend for the figure, under its panels, from every panel's labelled artists."""
+    entries = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    if entries:
+        # below the figure; savefig's bbox_inches="tight" grows the image to hold it
+        fig.legend(list(entries.values()), list(entries), loc="upper center", ncol=min(5, len(entries)),
+                   fontsize=7, frameon=False, bbox_to_anchor=(0.5, 0.0))
+
+
+def _curves_figure(out: Path, best: list[dict], tasks: list[str], styles: dict, zero_shot: dict,
+                   key: str, window: int, ylabel: str):
+    fig, axes = _grid(len(tasks))
+    for ax, task in zip(axes, tasks):
+        for b in (b for b in best if b["task"] == task):
+            points = _mean_curve(out, b["ids"], key, window)
+            if points:
+                style = styles[_name(b)]
+                ax.plot([x for x, _ in points], [y for _, y in points], color=style["color"], marker=style["marker"],
+                        markersize=3, markevery=max(1, len(points) // 8), linewidth=1, label=_name(b))
+        if key == "dev_accuracy" and task in zero_shot:
+            ax.axhline(zero_shot[task], color="grey", linestyle="--", linewidth=1, label="zero-shot (test)")
+        metric = next(b["metric"] for b in best if b["task"] == task)
+        ax.set(title=task, xlabel="training forward passes", ylabel=ylabel.format(metric=metric))
+    return fig, axes
+
+
+def _save(fig, path: Path, tight: bool = True) -> None:
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    if tight:
+        fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png", bbox_inches="tight"))
     plt.close(fig)
 
 
@@ -65,32 +115,33 @@ def write_plots(table: dict, out: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     tasks = list(dict.fromkeys(b["task"] for b in best))
     zero_shot = {r["task"]: r["test"] for r in table["rows"] if r["kind"] == "zero-shot" and r["test"] is not None}
+    styles = _styles(list(dict.fromkeys(_name(b) for b in best)))
     written = []
 
-    fig, axes = _grid(len(tasks))
-    for ax, task in zip(axes, tasks):
-        for b in (b for b in best if b["task"] == task):
-            curve = _mean_curve(out, b["ids"])
-            if curve:
-                ax.plot([x for x, _ in curve], [y for _, y in curve], marker="o", markersize=3, label=_name(b))
-        if task in zero_shot:
-            ax.axhline(zero_shot[task], color="grey", linestyle="--", linewidth=1, label="zero-shot (test)")
-        metric = next(b["metric"] for b in best if b["task"] == task)
-        ax.set(title=task, xlabel="training forward passes", ylabel=f"dev {metric}")
-        ax.legend(fontsize=7)
-    _save(fig, folder / FILES[0])
+    fig, axes = _curves_figure(out, best, tasks, styles, zero_shot, "dev_accuracy", 1, "dev {metric}")
+    fig.tight_layout()
+    _legend(fig, axes)
+    _save(fig, folder / FILES[0], tight=False)
     written.append(folder / FILES[0])
+
+    fig, axes = _curves_figure(out, best, tasks, styles, zero_shot, "loss", LOSS_WINDOW,
+                               f"training loss (trailing mean of {LOSS_WINDOW} steps)")
+    fig.tight_layout()
+    _legend(fig, axes)
+    _save(fig, folder / FILES[1], tight=False)
+    written.append(folder / FILES[1])
 
     fig, axes = _grid(len(tasks))
     for ax, task in zip(axes, tasks):
         for b in (b for b in best if b["task"] == task):
-            ax.scatter(b["peak_memory_mb"], b["test"], s=24)
-            ax.annotate(_name(b), (b["peak_memory_mb"], b["test"]), fontsize=7, xytext=(3, 3),
+            style = styles[_name(b)]
+            ax.scatter(b["peak_memory_mb"], b["test"], s=24, color=style["color"], marker=style["marker"])
+            ax.annotate(_name(b), (b["peak_memory_mb"], b["test"]), fontsize=6, xytext=(3, 3),
                         textcoords="offset points")
         metric = next(b["metric"] for b in best if b["task"] == task)
         ax.set(title=task, xlabel="peak memory (MB)", ylabel=f"test {metric} (final weights)")
-    _save(fig, folder / FILES[1])
-    written.append(folder / FILES[1])
+    _save(fig, folder / FILES[2])
+    written.append(folder / FILES[2])
 
     import matplotlib.pyplot as plt
 
@@ -104,6 +155,6 @@ def write_plots(table: dict, out: Path) -> list[Path]:
         ax.barh(names, [statistics.median(times[n]) for n in names])
         ax.set(xlabel="seconds per step (median over tasks, grid points, seeds)", title="step time")
         ax.tick_params(axis="y", labelsize=8)
-        _save(fig, folder / FILES[2])
-        written.append(folder / FILES[2])
+        _save(fig, folder / FILES[3])
+        written.append(folder / FILES[3])
     return written

@@ -138,7 +138,9 @@ def _outcome(folder: Path, code: int, seconds: float) -> str:
         error = json.loads((folder / ERROR_FILE).read_text(encoding="utf-8"))["error"]
     except (OSError, ValueError, KeyError):
         error = f"exit code {code}"
-    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+    # 130/143: the cell's handler checkpointed and exited; -2/-15: the signal came before the cell
+    # installed its handler (while it loaded), so it had nothing to save
+    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM):
         return f"stopped by a signal (exit code {code}); it continues on the next run"
     return f"FAILED ({error})"
 

@@ -33,33 +33,28 @@ def _read(path: Path) -> dict | None:
         return None
 
 
+def _metrics(folder: Path) -> list[dict]:
+    """The records of a cell's ``metrics.jsonl`` (none when it is missing or unreadable)."""
+    try:
+        return [json.loads(line) for line in (folder / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    except (OSError, ValueError):
+        return []
+
+
 def step_seconds(folder: Path) -> float | None:
     """Median seconds per optimizer step from ``metrics.jsonl``: the time between consecutive logged
     steps, leaving out the intervals that end with a dev evaluation (``elapsed`` is taken after it)."""
-    records = []
-    try:
-        for line in (folder / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
-            rec = json.loads(line)
-            if isinstance(rec.get("elapsed"), (int, float)) and not rec.get("skipped"):
-                records.append(rec)
-    except (OSError, ValueError):
-        return None
+    records = [r for r in _metrics(folder) if isinstance(r.get("elapsed"), (int, float)) and not r.get("skipped")]
     rates = [(b["elapsed"] - a["elapsed"]) / (b["step"] - a["step"]) for a, b in zip(records, records[1:])
              if b["step"] > a["step"] and "dev_accuracy" not in b and b["elapsed"] >= a["elapsed"]]
     return round(statistics.median(rates), 4) if rates else None
 
 
-def dev_curve(folder: Path) -> list[tuple[int, float]]:
-    """(forward passes, dev metric) at each dev evaluation of a training cell."""
-    points = []
-    try:
-        for line in (folder / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
-            rec = json.loads(line)
-            if rec.get("dev_accuracy") is not None and rec.get("forward_passes") is not None:
-                points.append((rec["forward_passes"], rec["dev_accuracy"]))
-    except (OSError, ValueError):
-        return []
-    return points
+def curve(folder: Path, key: str) -> list[tuple[int, float]]:
+    """(forward passes, ``key``) at each ``metrics.jsonl`` record of a training cell that has both:
+    ``dev_accuracy`` at the dev evaluations, ``loss`` (the training loss the optimizer logs) at every step."""
+    return [(r["forward_passes"], r[key]) for r in _metrics(folder)
+            if r.get(key) is not None and r.get("forward_passes") is not None]
 
 
 def cell_row(out: Path, cell: Cell) -> dict:
