@@ -6,7 +6,8 @@
   ``LOSS_WINDOW`` steps, mean over seeds) against forward passes: finer-grained than the dev points,
   it shows how many forward passes a method needs to reach another's loss;
 - ``test_vs_peak_memory.png``: per task, each method's final test metric against its peak memory;
-- ``step_time.png``: seconds per optimizer step of each method (median over its finished cells).
+- ``step_time.png``: seconds per optimizer step of each method on each task (median over its
+  finished cells there): a cell slowed by another job on the machine shows against the other tasks.
 
 Each method keeps one colour and marker in every panel and plot, named once in a shared legend.
 """
@@ -145,16 +146,26 @@ def write_plots(table: dict, out: Path) -> list[Path]:
 
     import matplotlib.pyplot as plt
 
-    times: dict[str, list[float]] = {}
+    times: dict[str, dict[str, list[float]]] = {}
     for r in table["rows"]:
         if r["kind"] == "train" and r["s_per_step"] is not None:
-            times.setdefault(_name(r), []).append(r["s_per_step"])
+            times.setdefault(_name(r), {}).setdefault(r["task"], []).append(r["s_per_step"])
     if times:
-        names = sorted(times, key=lambda n: statistics.median(times[n]))
-        fig, ax = plt.subplots(figsize=(7, 0.32 * len(names) + 1.4))
-        ax.barh(names, [statistics.median(times[n]) for n in names])
-        ax.set(xlabel="seconds per step (median over tasks, grid points, seeds)", title="step time")
+        def overall(name):
+            return statistics.median(t for per_task in times[name].values() for t in per_task)
+
+        names = sorted(times, key=overall)
+        height = 0.8 / len(tasks)
+        fig, ax = plt.subplots(figsize=(7, 0.18 * len(names) * len(tasks) + 1.6))
+        for k, task in enumerate(tasks):
+            ys = [i + (k - (len(tasks) - 1) / 2) * height for i in range(len(names))]
+            ax.barh(ys, [statistics.median(times[n][task]) if task in times[n] else 0 for n in names],
+                    height=height, label=task)
+        ax.set_yticks(range(len(names)), names)
+        ax.invert_yaxis()
+        ax.set(xlabel="seconds per step (median over grid points and seeds)", title="step time per task")
         ax.tick_params(axis="y", labelsize=8)
+        ax.legend(fontsize=8)
         _save(fig, folder / FILES[3])
         written.append(folder / FILES[3])
     return written
