@@ -193,6 +193,17 @@ def test_study_runs_records_a_failure_reports_and_never_reruns_a_finished_cell(t
     assert main([str(study), "--out", str(out), "--report-only"]) == 1
     assert stamps == {i: (out / "cells" / i / "results.json").stat().st_mtime_ns for i in stamps}
 
+    # a reading written into the report survives a regeneration, and --publish copies report and plots
+    text = (out / "report.md").read_text()
+    (out / "report.md").write_text(text.split("\n## Reading\n")[0] + "\n## Reading\n\nMeZO wins here.\n")
+    page = tmp_path / "docs" / "results.md"
+    assert main([str(study), "--out", str(out), "--report-only", "--publish", str(page)]) == 1
+    assert (out / "report.md").read_text().rstrip().endswith("## Reading\n\nMeZO wins here.")
+    published = page.read_text()
+    assert published.rstrip().endswith("MeZO wins here.") and "Not generated" not in published
+    assert "](results/step_time.png)" in published and "](plots/" not in published
+    assert (tmp_path / "docs" / "results" / "step_time.png").read_bytes()[:4] == b"\x89PNG"
+
 
 def test_curves_read_the_metrics_the_run_logged_and_the_loss_is_smoothed_over_trailing_steps(tmp_path):
     from zotune.study_plots import _trailing_mean

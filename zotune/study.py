@@ -6,7 +6,8 @@ every cell and every task's data before anything runs, runs the unfinished cells
 (``zotune.study_table``), ``plots/*.png`` (``zotune.study_plots``) and ``report.md``
 (``zotune.study_report``). Rerunning the same command
 skips finished cells and continues stopped ones; ``--report-only`` rebuilds the outputs from the
-cells on disk; ``--dry-run`` lists the cells and their cost (``zotune.study_cost``) and writes nothing.
+cells on disk (keeping the Reading written into report.md); ``--publish PAGE.md`` copies the report
+and its plots to a documentation page; ``--dry-run`` lists the cells and their cost (``zotune.study_cost``) and writes nothing.
 
 Exit codes: 0 all cells finished and the sanity pair agrees; 1 a cell failed or the sanity check
 failed (the report says which); 2 a bad study file or option (nothing written); 128 + N stopped by
@@ -26,7 +27,7 @@ from zotune.run_folder import atomic_write
 from zotune.study_cell import CELLS_DIR
 from zotune.study_cost import study_cost
 from zotune.study_plots import write_plots
-from zotune.study_report import write_report
+from zotune.study_report import publish, write_report
 from zotune.study_run import locked, run_cells, threads_per_cell, write_cells
 from zotune.study_grid import check_data, read_study
 from zotune.study_spec import Study, StudyError
@@ -47,6 +48,8 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cell-threads", type=int, help="bench study: threads per cell (default: cores / --jobs)")
     parser.add_argument("--report-only", action="store_true", help="bench study: rebuild the table, plots and "
                                                                    "report from the cells on disk; run nothing")
+    parser.add_argument("--publish", metavar="PAGE.md", help="bench study: also copy the report to PAGE.md and its "
+                                                         "plots into PAGE/ (e.g. docs/results.md)")
     parser.add_argument("--dry-run", action="store_true", help="bench study: list the cells and their estimated "
                                                                "cost; run and write nothing")
     parser.add_argument("--in-process", action="store_true", help="bench study: run the cells one by one in this "
@@ -92,8 +95,9 @@ def dry_run(study: Study, out: Path, jobs: int) -> int:
     return 0
 
 
-def report(study: Study, out: Path, command: str) -> int:
-    """Write results.csv/json, plots and report.md; 1 if a cell failed or the sanity check failed."""
+def report(study: Study, out: Path, command: str, page: str | None = None) -> int:
+    """Write results.csv/json, plots and report.md (and copy them to ``page``); 1 if a cell failed or
+    the sanity check failed."""
     table = build_table(study, out)
     write_table(table, out)
     plots = write_plots(table, out)
@@ -101,6 +105,8 @@ def report(study: Study, out: Path, command: str) -> int:
     failed = [r for r in table["rows"] if r["status"] == "failed"]
     sanity = table["sanity"]
     print(f"wrote {out / 'results.csv'}, {out / 'results.json'}, {len(plots)} plot(s) and {path}")
+    if page:
+        print(f"published {publish(path, plots, Path(page))} and its plots")
     if sanity is not None and sanity.get("agree") is False:
         print(f"SANITY FAILED: textbook MeZO {sanity['textbook']['final_dev']:.4f} vs zotune MeZO "
               f"{sanity['zotune']['final_dev']:.4f} final dev (tolerance {sanity['tolerance']:.4f})", file=sys.stderr)
@@ -131,14 +137,15 @@ def run_study_command(args: argparse.Namespace) -> int:
             if not (out / CELLS_DIR).is_dir():
                 raise StudyError(f"{out} holds no study cells yet; run the study first (without --report-only)")
             ran = out / COMMAND_FILE  # the report names the command that ran the cells
-            return report(study, out, ran.read_text(encoding="utf-8").strip() if ran.is_file() else command)
+            return report(study, out, ran.read_text(encoding="utf-8").strip() if ran.is_file() else command,
+                          args.publish)
         out.mkdir(parents=True, exist_ok=True)
         with locked(out / ".study.lock", f"study folder {out}"):
             atomic_write(out / STUDY_COPY, lambda p: shutil.copyfile(args.study_file, p))
             atomic_write(out / COMMAND_FILE, lambda p: p.write_text(command + "\n", encoding="utf-8"))
             write_cells(out, study.cells)
             code = run_cells(out, study.cells, jobs=args.jobs, in_process=args.in_process, threads=args.cell_threads)
-            result = report(study, out, command)
+            result = report(study, out, command, args.publish)
         return code or result
     except (StudyError, RuntimeError) as e:
         print(f"zotune: error: {e}", file=sys.stderr)

@@ -3,7 +3,9 @@
 Setup (model, machine, command), the sanity row (marked SANITY FAILED at the top when textbook
 MeZO and zotune's MeZO disagree beyond noise), per task the best grid point of each method (chosen
 by dev, reporting test) beside the baselines, the grid each method searched, the plots, and the
-cells that failed or are unfinished. The "Reading" section is a placeholder a person fills.
+cells that failed or are unfinished. The "Reading" section is the one part a person writes: it
+starts as a placeholder, and a reading written into ``report.md`` is kept when the report is
+regenerated. ``publish`` copies the report and its plots to a documentation page.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from zotune.run_folder import atomic_write
 from zotune.study_plots import FILES, PLOTS_DIR
 from zotune.study_spec import Study
 
+READING_HEADING = "## Reading"
 READING_PLACEHOLDER = ("_Not generated: a person writes the reading of these results here (what wins where, at "
                        "what cost, what surprised), after looking at the tables and plots._")
 
@@ -100,7 +104,8 @@ def _task_section(task: str, table: dict, study: Study) -> list[str]:
     return lines + [""]
 
 
-def render_report(study: Study, table: dict, command: str, plots: list[Path]) -> str:
+def render_report(study: Study, table: dict, command: str, plots: list[Path], reading: str | None = None) -> str:
+    """The report's markdown; ``reading`` (a person's text) replaces the Reading placeholder."""
     rows, verdict = table["rows"], table["sanity"]
     counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "stopped", "failed", "partial", "pending")}
     lines = [f"# Benchmark study: {study.name}", ""]
@@ -130,8 +135,11 @@ def render_report(study: Study, table: dict, command: str, plots: list[Path]) ->
     lines += ["## Grids searched", "", "| method | optimizer | modes | grid | options | tasks |",
               "|---|---|---|---|---|---|"]
     for m in study.methods:
-        modes = ", ".join(m.modes) + "".join(f"; {mode}: {_grid_text(o['grid'])}"
-                                             for mode, o in m.mode_overrides.items() if o.get("grid"))
+        modes = ", ".join(m.modes) + "".join(
+            f"; {mode}: " + ", ".join(([_grid_text(o["grid"])] if o.get("grid") else [])
+                                      + ([json.dumps({**o.get("opt", {}), **o.get("config", {})}, default=str)]
+                                         if o.get("opt") or o.get("config") else []))
+            for mode, o in m.mode_overrides.items() if o.get("grid") or o.get("opt") or o.get("config"))
         modes += "".join(f"; {task}: {', '.join(o['modes'])}" + (f", {_grid_text(o['grid'])}" if o["grid"] else "")
                          for task, o in m.task_overrides.items())
         lines.append(f"| {m.name} | `{m.optimizer}` | {modes} | {_grid_text(m.grid)} | "
@@ -145,12 +153,37 @@ def render_report(study: Study, table: dict, command: str, plots: list[Path]) ->
     unfinished = [r for r in rows if r["status"] in ("partial", "pending")]
     if unfinished:
         lines += ["", f"{len(unfinished)} cell(s) not finished: rerun the same command to continue them."]
-    lines += ["", "## Reading", "", READING_PLACEHOLDER, ""]
+    lines += ["", READING_HEADING, "", reading.strip() if reading else READING_PLACEHOLDER, ""]
     return "\n".join(lines)
 
 
+def written_reading(path: Path) -> str | None:
+    """The Reading a person wrote into an existing report (None: no report, or still the placeholder)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    _, found, reading = text.partition(f"\n{READING_HEADING}\n")
+    reading = reading.strip()
+    return reading if found and reading and reading != READING_PLACEHOLDER else None
+
+
 def write_report(study: Study, table: dict, out: Path, command: str, plots: list[Path]) -> Path:
+    """Write ``<out>/report.md``, keeping the Reading a person wrote into the previous one."""
     path = Path(out) / "report.md"
-    text = render_report(study, table, command, plots)
+    text = render_report(study, table, command, plots, written_reading(path))
     atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
     return path
+
+
+def publish(report: Path, plots: list[Path], page: Path) -> Path:
+    """Copy the report to ``page`` (e.g. docs/results.md) and its plots into the folder named like the
+    page without its suffix (docs/results/), the links rewritten to point there."""
+    page = Path(page)
+    folder = page.with_suffix("")
+    folder.mkdir(parents=True, exist_ok=True)
+    for plot in plots:
+        atomic_write(folder / plot.name, lambda p, src=plot: shutil.copyfile(src, p))
+    text = report.read_text(encoding="utf-8").replace(f"]({PLOTS_DIR}/", f"]({folder.name}/")
+    atomic_write(page, lambda p: p.write_text(text, encoding="utf-8"))
+    return page
