@@ -74,6 +74,12 @@ def test_grid_modes_overrides_and_a_changed_setting_make_new_cells(tmp_path):
     spelled_out = read_study(_study(tmp_path, "d.yaml", seeds=[0, 1], methods=methods,
                                     defaults={**DEFAULTS, "lora_r": 8, "grad_accum": 1})).cells  # the defaults
     assert [c.id for c in spelled_out] == [c.id for c in cells]
+    # null in a grid is the optimizer's default: the same cell as the method without that grid key
+    plain = read_study(_study(tmp_path, "e.yaml", methods=[{"name": "F", "optimizer": "fzoo"}])).cells
+    nulled = read_study(_study(tmp_path, "f.yaml", methods=[{"name": "F", "optimizer": "fzoo",
+                                                             "grid": {"lr": [None, 1e-4], "opt.num_directions": [None]}}])).cells
+    assert [c.config.lr for c in nulled] == [None, 1e-4] and nulled[0].config.optimizer_kwargs == {}
+    assert nulled[0].id == plain[0].id and nulled[1].id != plain[0].id
 
 
 @pytest.mark.parametrize("change, phrase", [

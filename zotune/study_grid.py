@@ -89,7 +89,7 @@ def method_cells(study: Study, m: Method) -> list[Cell]:
             grid = {**m.grid, **o.get("grid", {}), **t.get("grid", {})}
             for point in _points(grid):
                 opt = {**m.opt, **o.get("opt", {}), **t.get("opt", {}),
-                       **{k[4:]: v for k, v in point.items() if k.startswith("opt.")}}
+                       **{k[4:]: v for k, v in point.items() if k.startswith("opt.") and v is not None}}
                 for seed in study.seeds:
                     values = {**m.config, **o.get("config", {}), **t.get("config", {}),
                               **{k: v for k, v in point.items() if not k.startswith("opt.")},

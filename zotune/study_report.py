@@ -52,9 +52,12 @@ def hardware() -> str:
     return "; ".join(parts)
 
 
+def _value(v) -> str:
+    return "default" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
+
+
 def _grid_text(grid: dict) -> str:
-    return ", ".join(f"{k} ∈ {{{', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in vals)}}}"
-                     for k, vals in grid.items()) or "defaults only"
+    return ", ".join(f"{k} ∈ {{{', '.join(_value(v) for v in vals)}}}" for k, vals in grid.items()) or "defaults only"
 
 
 def _sanity_section(verdict: dict | None) -> list[str]:
@@ -93,8 +96,7 @@ def _task_section(task: str, table: dict, study: Study) -> list[str]:
             peak = _num(r["peak_memory_mb"], "{:.0f}")
             lines.append(f"| {name} | - | - | - | {_pct(r['test'])} | - | - | 0 | - | {peak} | - | - |")
     for b in best:
-        grid = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                         for k, v in json.loads(b["grid"]).items()) or "defaults"
+        grid = ", ".join(f"{k}={_value(v)}" for k, v in json.loads(b["grid"]).items()) or "defaults"
         lines.append(f"| {b['label']} | {b['mode']} | {grid} ({b['points_searched']} searched) | {b['seeds']} | "
                      f"{_pct(b['test'])} | {_pct(b['test_std'])} | {_pct(b['dev'])} | {b['forward_passes']:.0f} | "
                      f"{_num(b['s_per_step'])} | {_num(b['peak_memory_mb'], '{:.0f}')} | {_mib(b['state_bytes'])} | "

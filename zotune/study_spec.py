@@ -20,7 +20,8 @@ the same file and a changed setting makes a new cell instead of reusing a stale 
       - name: MeZO                  # the label in the tables (unique)
         optimizer: mezo             # a registered optimizer name
         modes: [ft, lora]           # default [ft]
-        grid: {lr: [1e-6, 1e-5]}    # TrainConfig fields or opt.KEY (optimizer options): all combinations
+        grid: {lr: [1e-6, 1e-5]}    # TrainConfig fields or opt.KEY (optimizer options): all combinations;
+                                    # null: the optimizer's default (e.g. lr: [null, 1e-4])
         opt: {}                     # optimizer options (TrainConfig.optimizer_kwargs)
         config: {}                  # other TrainConfig fields of this method
         tasks: [sst2]               # optional: a subset of the study's tasks
@@ -140,7 +141,8 @@ def cell_id(cell: Cell) -> str:
               if k != "out" and (k not in DEFAULT_CONFIG or v != DEFAULT_CONFIG[k])}
     digest = hashlib.sha256(json.dumps({"kind": cell.kind, "config": config}, sort_keys=True, default=str)
                             .encode()).hexdigest()[:10]
-    point = "-".join(f"{k.removeprefix('opt.')}{_slug(v)}" for k, v in cell.grid.items())
+    # null: the optimizer's default, the same cell as a method without that grid key
+    point = "-".join(f"{k.removeprefix('opt.')}{_slug(v)}" for k, v in cell.grid.items() if v is not None)
     training = cell.kind in ("train", "sanity")
     parts = (["sanity"] if cell.kind == "sanity" else []) + [c.task, _slug(cell.label)] + ([c.mode] if training else [])
     parts += [point] if point else []
