@@ -222,6 +222,10 @@ def test_curves_read_the_metrics_the_run_logged_and_the_loss_is_smoothed_over_tr
     assert curve(tmp_path, "dev_accuracy") == [(6, 0.5)]
     assert _trailing_mean(curve(tmp_path, "loss"), 2) == [(2, 1.0), (4, 2.0), (6, 2.5)]
     assert curve(tmp_path / "missing", "loss") == []
+    from zotune.study_plots import _styles
+
+    styles = _styles([f"method {k}" for k in range(45)])  # more methods than colours: no two look alike
+    assert len({(v["color"], v["marker"]) for v in styles.values()}) == 45
 
 
 @pytest.mark.parametrize("code", [143, 130, -15, -2])

@@ -63,7 +63,9 @@ def _styles(names: list[str]) -> dict[str, dict]:
     import matplotlib
 
     colors = matplotlib.colormaps["tab20"].colors
-    return {n: {"color": colors[k % len(colors)], "marker": MARKERS[k % len(MARKERS)]} for k, n in enumerate(names)}
+    # the marker shifts by one each time the colours wrap round, so no two methods share both
+    return {n: {"color": colors[k % len(colors)], "marker": MARKERS[(k + k // len(colors)) % len(MARKERS)]}
+            for k, n in enumerate(names)}
 
 
 def _legend(fig, axes) -> None:
