@@ -42,13 +42,13 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=16)
     ap.add_argument("--autocast", default="bf16")
     args = ap.parse_args()
-    entries = [parse(m) for m in args.methods]
+    entries = [method_entry(m) for m in args.methods]  # build_optimizer types the values ('3e-5')
 
     dev = resolve_device("cpu")
     net, tok = bench_model(args.model, "fp32", dev)
     net.eval()
     batch, loss_fn = make_batch(net, tok, args.batch, args.seq, args.task, args.data_dir, dev)
-    params = [p for p in net.parameters()]
+    params = list(net.parameters())
 
     def closure():
         with autocast_context(dev, args.autocast):
@@ -62,7 +62,6 @@ def main() -> None:
     grad = flat(grads)
     g2 = float(grad @ grad)
     theta0 = flat(params)
-    weights = {k: v.clone() for k, v in net.state_dict().items()}
     with torch.no_grad():
         loss0 = closure()  # as the steps' losses are read: without autograd (kernels may differ)
     print(f"model {args.model}, task {args.task or 'random tokens'}, batch {args.batch}: loss {loss0.item():.4f}, "
@@ -85,25 +84,14 @@ def main() -> None:
             descents.append(d)
             norms.append(n)
             cosines.append(d / (n * g2 ** 0.5) if n > 0 else 0.0)
-            net.load_state_dict(weights)
+            with torch.no_grad():  # back to θ₀ (copied in: the engine holds these tensors)
+                for p, v in zip(params, theta0.split([p.numel() for p in params])):
+                    p.copy_(v.view_as(p))
         label = name + "".join(f" {k}={v}" for k, v in options.items())
         mean = statistics.mean(descents)
         print(f"{label:28s} {mean:13.4e} {statistics.stdev(descents):10.3e} {mean / g2:10.3e} "
               f"{statistics.mean(norms):10.3e} {statistics.mean(cosines):9.2e} {statistics.mean(changes):10.3e}",
               flush=True)
-
-
-def parse(entry: str) -> tuple[str, dict]:
-    """(name, options) of an entry as ``zotune bench step --methods`` reads it, with numbers YAML
-    leaves as strings (``3e-5``: YAML 1.1 wants a dot) read as numbers."""
-    name, options = method_entry(entry)
-    for k, v in options.items():
-        if isinstance(v, str):
-            try:
-                options[k] = float(v)
-            except ValueError:
-                pass
-    return name, options
 
 
 if __name__ == "__main__":
