@@ -422,6 +422,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("zotune: interrupted", file=sys.stderr)
         return 130
+    finally:
+        from zotune.distributed import leave
+
+        leave()  # under torchrun: every exit, clean or not, leaves the process group
     return EXIT_USAGE
 
 

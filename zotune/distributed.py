@@ -88,6 +88,14 @@ def init(backend: str | None = None, timeout_s: float = 300.0, init_method: str 
     return dist.get_rank(), dist.get_world_size()
 
 
+def leave() -> None:
+    """Leave the process group, if this process joined one: its communication threads are joined
+    here, not torn down by interpreter exit (where gloo's can abort the process, exit code -6, after
+    a run that finished)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def shard(items: list, rank: int, world: int) -> list:
     """Rank ``rank``'s contiguous share of ``items`` (the global batch); the sizes must divide."""
     if len(items) % world:
